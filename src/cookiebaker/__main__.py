@@ -1,0 +1,5 @@
+import sys
+
+from cookiebaker.cli import main
+
+sys.exit(main())

@@ -1,0 +1,142 @@
+"""The ``cookiebaker`` command: parses arguments and calls each stage's ``run(config)``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from cookiebaker import __version__
+from cookiebaker.config import build_config, read_params
+from cookiebaker.errors import CookiebakerError
+
+log = logging.getLogger("cookiebaker")
+
+DESCRIPTION = """\
+Turn consented Telegram Desktop chat exports into fine-tuned chat responders.
+
+Only export chats whose participants agreed that their messages are used for training.
+Stages: ingest (exports → messages table) → pairs (messages → training samples).
+Every option also lives in params.yaml (one section per stage); flags override it."""
+
+
+def _add_params_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", metavar="FILE", default=None,
+                        help="params file with a section per stage (default: ./params.yaml when it exists)")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cookiebaker", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"cookiebaker {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    ingest = commands.add_parser(
+        "ingest", help="read Telegram Desktop JSON exports into a messages table (Parquet)",
+        description="Read Telegram Desktop JSON exports (single-chat or full-account, any tdesktop version) "
+                    "into one Parquet table with one row per message, service entry or unsupported entry. "
+                    "The same chat in several files is kept once per message id (the latest edit wins).")
+    ingest.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="export file or folder (a folder means every *.json below it)")
+    ingest.add_argument("-o", "--output", help="messages table to write (default: data/messages.parquet)")
+    ingest.add_argument("--report", help="report to write (JSON; default: <output stem>_ingest.json)")
+    ingest.add_argument("--skip-invalid", action="store_true", default=None,
+                        help="continue past files that are not Telegram JSON exports, listing them in the report")
+    _add_params_option(ingest)
+
+    pairs = commands.add_parser(
+        "pairs", help="turn a messages table into training samples (reply pairs or conversations)",
+        description="Build training samples from a messages table. 'pairs' mode: query = the replied-to "
+                    "message, response = the reply plus the same sender's burst right after it. "
+                    "'conversations' mode: multi-turn samples. Forwards, bots, service entries, empty messages "
+                    "and opted-out senders never enter a sample; phone numbers, e-mails and card numbers are "
+                    "scrubbed. Every dropped candidate is counted in the report.")
+    pairs.add_argument("input", metavar="MESSAGES", help="messages table written by `cookiebaker ingest`")
+    pairs.add_argument("-o", "--output", help="samples to write (Parquet; default: data/qa.parquet)")
+    pairs.add_argument("--report", help="report to write (JSON; default: <output stem>_report.json)")
+    pairs.add_argument("--mode", choices=["pairs", "conversations"], help="kind of samples (default: pairs)")
+    pairs.add_argument("--burst-window-minutes", type=float, metavar="M",
+                       help="a response burst continues while its sender writes again within M minutes (default 5)")
+    pairs.add_argument("--session-gap-minutes", type=float, metavar="M",
+                       help="conversations: silence that starts a new session (default 60)")
+    pairs.add_argument("--max-turns", type=int, metavar="N", help="conversations: turns per sample (default 16)")
+    pairs.add_argument("--response-sender-id", action="append", dest="response_sender_ids", metavar="ID",
+                       help="keep only responses by this sender (repeatable), e.g. user123")
+    pairs.add_argument("--bot-sender-id", action="append", dest="bot_sender_ids", metavar="ID",
+                       help="treat this sender as a bot (repeatable)")
+    pairs.add_argument("--opt-out-sender-id", action="append", dest="opt_out_sender_ids", metavar="ID",
+                       help="never use this sender's messages (repeatable; adds to params.yaml's list)")
+    _add_params_option(pairs)
+
+    demo = commands.add_parser(
+        "demo", help="run the pipeline end to end on built-in sample chats, offline",
+        description="Write sample SFW and NSFW Telegram exports (invented people, no real data) into "
+                    "WORKDIR/data and run the pipeline's stages on them with the real code paths.")
+    demo.add_argument("--workdir", default="demo", help="where the demo writes everything (default: ./demo)")
+    return parser
+
+
+def _overrides(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
+    return {name: getattr(args, name) for name in names}
+
+
+def _run_ingest(args: argparse.Namespace) -> None:
+    from cookiebaker import ingest
+
+    config = build_config(ingest.IngestConfig, "ingest", read_params(args.params),
+                          _overrides(args, ["inputs", "output", "report", "skip_invalid"]))
+    report = ingest.run(config)
+    print(f"ingest: {report['rows']} rows from {report['chats']} chats in {report['files_read']} files "
+          f"→ {config.output}")
+    for skipped in report["skipped"]:
+        print(f"  skipped {skipped['file']}: {skipped['error']}")
+
+
+def _run_pairs(args: argparse.Namespace) -> None:
+    from cookiebaker import pairs
+
+    params = read_params(args.params)
+    overrides = _overrides(args, ["input", "output", "report", "mode", "burst_window_minutes",
+                                  "session_gap_minutes", "max_turns", "response_sender_ids", "bot_sender_ids"])
+    if args.opt_out_sender_ids:
+        section = dict(params.get("pairs") or {})
+        privacy = dict(section.get("privacy") or {})
+        privacy["opt_out_sender_ids"] = list(privacy.get("opt_out_sender_ids") or []) + args.opt_out_sender_ids
+        section["privacy"] = privacy
+        params = {**params, "pairs": section}
+    config = build_config(pairs.PairsConfig, "pairs", params, overrides)
+    report = pairs.run(config)
+    dropped = sum(report["dropped"].values()) if "dropped" in report else sum(report["messages_dropped"].values())
+    print(f"pairs: {report['samples']} {config.mode} samples from {report['messages']} messages "
+          f"({dropped} dropped, see the report) → {config.output}")
+
+
+def _run_demo(args: argparse.Namespace) -> None:
+    from cookiebaker import demo
+
+    demo.run(demo.DemoConfig(workdir=args.workdir))
+
+
+COMMANDS = {"ingest": _run_ingest, "pairs": _run_pairs, "demo": _run_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        COMMANDS[args.command](args)
+    except CookiebakerError as exc:
+        print(f"cookiebaker {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"cookiebaker {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""Domain errors. Library code raises these; only the CLI turns them into a one-line message."""
+
+from __future__ import annotations
+
+
+class CookiebakerError(Exception):
+    """Base class for every error a user can cause or fix."""
+
+
+class ConfigError(CookiebakerError):
+    """A configuration value is unknown, of the wrong type, or impossible together with another."""
+
+
+class InputFileError(CookiebakerError):
+    """An input file cannot be read or is not what the stage expects."""
+
+    def __init__(self, path: object, problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class ExportFormatError(InputFileError):
+    """A file is readable but is not a Telegram Desktop JSON export."""
+
+
+class DatasetError(CookiebakerError):
+    """A dataset (Parquet) produced by an earlier stage is missing, empty or has the wrong schema."""

@@ -1,0 +1,139 @@
+"""Stage ``ingest``: Telegram Desktop JSON exports → one Parquet table of messages (one row per entry)."""
+
+from __future__ import annotations
+
+import gc
+import logging
+from pathlib import Path
+
+import polars as pl
+from pydantic import Field
+
+from cookiebaker.config import StageConfig, config_path_for, save_resolved_config
+from cookiebaker.errors import InputFileError
+from cookiebaker.ingest.columns import chat_frame, empty_frame, messages_frame
+from cookiebaker.ingest.decode import SliceMismatch, decode_export, decode_messages, iter_message_chunks
+from cookiebaker.ingest.schema import KINDS, MESSAGE_COLUMNS, MESSAGE_SCHEMA
+from cookiebaker.io import write_json, write_parquet
+from cookiebaker.progress import progress_bar
+
+__all__ = ["IngestConfig", "run", "read_export", "find_export_files", "MESSAGE_COLUMNS", "MESSAGE_SCHEMA"]
+
+log = logging.getLogger(__name__)
+
+
+class IngestConfig(StageConfig):
+    inputs: list[str] = Field(default_factory=list)
+    """Export files and folders; a folder means every ``*.json`` below it, in sorted order."""
+    output: str = "data/messages.parquet"
+    """Where the messages table is written (Parquet, atomically)."""
+    report: str | None = None
+    """Where the ingest report (JSON, a DVC metric) is written; default: ``<output stem>_ingest.json``
+    beside the output."""
+    skip_invalid: bool = False
+    """Continue past files that are not readable Telegram JSON exports, listing them in the report,
+    instead of failing on the first one."""
+
+
+def find_export_files(inputs: list[str]) -> list[Path]:
+    """Expand files and folders into the list of export files to read, in a stable order."""
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*.json") if p.is_file())
+            if not found:
+                raise InputFileError(path, "the folder holds no *.json export files")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise InputFileError(path, "no such file or folder")
+    seen: set[Path] = set()
+    return [f for f in files if not (f.resolve() in seen or seen.add(f.resolve()))]  # type: ignore[func-returns-value]
+
+
+def read_export(path: str | Path) -> pl.DataFrame:
+    """Read one export file (single chat or full account) into the messages table."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputFileError(path, f"cannot read the file: {exc.strerror or exc}") from None
+    chats = decode_export(str(path), data)
+    frames = []
+    for chat in chats:
+        try:
+            slices = [messages_frame(chunk) for chunk in iter_message_chunks(chat.messages)]
+        except SliceMismatch:
+            slices = [messages_frame(decode_messages(str(path), chat.messages))]
+        frames.append(chat_frame(chat.id, chat.name, chat.type, slices, str(path)))
+    del chats, data
+    return pl.concat(frames, how="vertical") if frames else empty_frame()
+
+
+def deduplicate(frame: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    """One row per (chat_id, message_id): the latest edit wins, then the file read last."""
+    if frame.select(pl.struct("chat_id", "message_id").is_unique().all()).item():
+        return frame, 0
+    ordered = frame.with_row_index("_order").sort(["edited", "_order"], nulls_last=False)
+    kept = ordered.unique(["chat_id", "message_id"], keep="last").drop("_order")
+    return kept, frame.height - kept.height
+
+
+def default_report_path(output: str | Path) -> Path:
+    output = Path(output)
+    return output.with_name(f"{output.stem}_ingest.json")
+
+
+def run(config: IngestConfig) -> dict:
+    """Read every export, write the messages table, its report and the resolved config. Returns the report."""
+    files = find_export_files(config.inputs)
+    if not files:
+        raise InputFileError("(inputs)", "no export files or folders were given")
+    frames: list[pl.DataFrame] = []
+    skipped: list[dict[str, str]] = []
+    with progress_bar() as progress:
+        task = progress.add_task("ingest", total=len(files))
+        for path in files:
+            progress.update(task, description=f"ingest {path.name}")
+            gc_was_enabled = gc.isenabled()
+            gc.disable()  # millions of small objects: the cyclic collector would only slow decoding down
+            try:
+                frames.append(read_export(path))
+            except InputFileError as exc:
+                if not config.skip_invalid:
+                    raise
+                log.warning("skipping %s", exc)
+                skipped.append({"file": str(path), "error": exc.problem})
+            finally:
+                if gc_was_enabled:
+                    gc.enable()
+            progress.advance(task)
+    if not frames:
+        raise InputFileError("(inputs)", "none of the input files is a readable Telegram JSON export")
+    frame = pl.concat(frames, how="vertical")
+    del frames
+    frame, duplicates = deduplicate(frame)
+    if duplicates:
+        log.info("dropped %d duplicate rows (same chat and message id seen in more than one place)", duplicates)
+    frame = frame.sort(["chat_id", "message_id"], maintain_order=True)
+    write_parquet(frame, config.output)
+    by_kind = dict.fromkeys(KINDS, 0)
+    for kind, count in frame.group_by("kind").len().iter_rows():
+        by_kind[kind] = count
+    report = {
+        "files_read": len(files) - len(skipped),
+        "files_skipped": len(skipped),
+        "chats": frame.select(pl.col("chat_id").n_unique()).item(),
+        "rows": frame.height,
+        "rows_by_kind": by_kind,
+        "duplicate_rows_dropped": duplicates,
+        "files": [str(p) for p in files],
+        "skipped": skipped,
+    }
+    write_json(report, config.report or default_report_path(config.output))
+    save_resolved_config(config, config_path_for(config.output))
+    log.info("ingest: %d files, %d chats, %d rows → %s", report["files_read"], report["chats"], frame.height,
+             config.output)
+    return report

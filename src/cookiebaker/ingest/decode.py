@@ -1,0 +1,214 @@
+"""Typed decoding of Telegram Desktop JSON exports with msgspec (see ../shared/data/telegram/FORMAT.md).
+
+Only the keys cookiebaker uses are decoded; every other key is skipped by the decoder without building
+Python objects, which is what makes million-message exports fast to read.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Union
+
+import msgspec
+from msgspec import UNSET, Raw, UnsetType
+
+from cookiebaker.errors import ExportFormatError, InputFileError
+
+Peer = Union[str, int, None]
+Optional = Union[Raw, UnsetType]
+
+
+class Entity(msgspec.Struct, gc=False):
+    text: str = ""
+
+
+Text = Union[str, list[Union[str, Entity]]]
+
+
+class Message(msgspec.Struct, gc=False):
+    id: int
+    type: str = "message"
+    date: Union[str, None] = None
+    date_unixtime: Union[str, None] = None
+    edited: Union[str, None] = None
+    edited_unixtime: Union[str, None] = None
+    sender: Union[str, None] = msgspec.field(default=None, name="from")
+    from_id: Peer = None
+    actor: Union[str, None] = None
+    actor_id: Peer = None
+    action: Union[str, None] = None
+    forwarded_from: Union[str, None, UnsetType] = UNSET
+    forwarded_from_id: Peer = None
+    saved_from: Union[str, None, UnsetType] = UNSET
+    reply_to_message_id: Union[int, None] = None
+    reply_to_peer_id: Peer = None
+    via_bot: Union[str, None] = None
+    text: Text = ""
+    photo: Optional = UNSET
+    file: Optional = UNSET
+    media_type: Union[str, None] = None
+    poll: Optional = UNSET
+    location_information: Optional = UNSET
+    contact_information: Optional = UNSET
+    place_name: Optional = UNSET
+    game_title: Optional = UNSET
+    invoice_information: Optional = UNSET
+    todo_list: Optional = UNSET
+    giveaway_information: Optional = UNSET
+    giveaway_results: Optional = UNSET
+    paid_stars_amount: Optional = UNSET
+
+
+class Chat(msgspec.Struct, gc=False):
+    name: Union[str, None] = None
+    type: Union[str, None] = None
+    id: Union[int, None] = None
+    messages: Union[Raw, UnsetType] = UNSET
+
+
+class ChatSection(msgspec.Struct, gc=False):
+    chats: list[Chat] = msgspec.field(default_factory=list, name="list")
+
+
+class ExportRoot(msgspec.Struct, gc=False):
+    """Either a single-chat export (the root is the chat) or a full-account export (chats/left_chats)."""
+
+    name: Union[str, None] = None
+    type: Union[str, None] = None
+    id: Union[int, None] = None
+    messages: Union[Raw, UnsetType] = UNSET
+    chats: Union[ChatSection, None, UnsetType] = UNSET
+    left_chats: Union[ChatSection, None, UnsetType] = UNSET
+
+
+_DECODER = msgspec.json.Decoder(ExportRoot)
+_MESSAGES_DECODER = msgspec.json.Decoder(list[Message])
+_ARRAY_START = re.compile(rb"\[([ \t\r\n]*)\{")
+# Telegram Desktop writes control bytes as \xHH, which is not JSON. Pairs are matched left to right so
+# that an escaped backslash followed by "x" (\\x41, a literal backslash in the text) is left alone.
+_BAD_ESCAPE = re.compile(rb"\\\\|\\x([0-9A-Fa-f]{2})")
+_HTML_START = re.compile(rb"^\s*(<!doctype html|<html|<head|<body|<div|<meta)", re.IGNORECASE)
+
+
+def _fix_hex_escapes(data: bytes) -> bytes:
+    return _BAD_ESCAPE.sub(lambda m: m.group(0) if m.group(1) is None else b"\\u00" + m.group(1), data)
+
+
+def _sniff(path: str, data: bytes) -> bytes:
+    """Reject what is obviously not a JSON export, with a message that says what it is instead."""
+    if not data.strip():
+        raise ExportFormatError(path, "the file is empty")
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ExportFormatError(path, "the file is UTF-16 encoded; Telegram Desktop writes UTF-8 JSON")
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    if _HTML_START.match(data[:512]):
+        raise ExportFormatError(
+            path,
+            "this is Telegram's HTML export; export the chat again in Telegram Desktop with "
+            "'Format: Machine-readable JSON'",
+        )
+    return data
+
+
+def decode_export(path: str, data: bytes) -> list[Chat]:
+    """Decode one export file's bytes into its chats (one for a single-chat export).
+
+    The chats' ``messages`` stay raw JSON (validated, not yet decoded): :func:`iter_message_chunks` decodes
+    them a slice at a time, so a million-message export never exists as a million Python objects at once.
+    """
+    data = _sniff(path, data)
+    try:
+        root = _DECODER.decode(data)
+    except msgspec.DecodeError as exc:
+        message = str(exc)
+        if "invalid escape" in message and b"\\x" in data:
+            try:
+                root = _DECODER.decode(_fix_hex_escapes(data))
+            except (msgspec.DecodeError, UnicodeDecodeError) as retry_exc:
+                raise _describe_decode_error(path, retry_exc) from None
+        else:
+            raise _describe_decode_error(path, exc) from None
+    except UnicodeDecodeError as exc:
+        raise _describe_decode_error(path, exc) from None
+    return _chats_of(path, root)
+
+
+def _describe_decode_error(path: str, exc: Exception) -> InputFileError:
+    if isinstance(exc, UnicodeDecodeError):
+        return ExportFormatError(
+            path, f"the file is not valid UTF-8 (byte {exc.start}); Telegram Desktop writes UTF-8 JSON"
+        )
+    message = str(exc)
+    if isinstance(exc, msgspec.ValidationError):
+        if message.startswith("Expected `object`") and "at `" not in message:
+            return ExportFormatError(path, "this JSON is not a Telegram Desktop export (the top level is not an object)")
+        return ExportFormatError(path, f"this JSON is not a valid Telegram Desktop export: {message}")
+    if "truncated" in message:
+        return ExportFormatError(path, "the JSON ends early: the file is truncated (copy or export it again)")
+    return ExportFormatError(path, f"the file is not valid JSON: {message.removeprefix('JSON is malformed: ')}")
+
+
+def _chats_of(path: str, root: ExportRoot) -> list[Chat]:
+    if root.messages is not UNSET:
+        if root.id is None:
+            raise ExportFormatError(path, "the chat export has no chat 'id'")
+        return [Chat(name=root.name, type=root.type, id=root.id, messages=root.messages)]
+    sections = [s for s in (root.chats, root.left_chats) if s is not UNSET and s is not None]
+    if not sections:
+        raise ExportFormatError(
+            path,
+            "this JSON is not a Telegram Desktop export: it has neither 'messages' (a chat export) "
+            "nor 'chats' (a full-account export)",
+        )
+    chats = [chat for section in sections for chat in section.chats]
+    for index, chat in enumerate(chats):
+        if chat.messages is UNSET:
+            raise ExportFormatError(path, f"chat #{index} ({chat.name!r}) of the account export has no 'messages'")
+        if chat.id is None:
+            raise ExportFormatError(path, f"chat #{index} ({chat.name!r}) of the account export has no 'id'")
+    return chats
+
+
+class SliceMismatch(Exception):
+    """A slice of a messages array did not decode on its own; the caller decodes the whole array instead."""
+
+
+def iter_message_chunks(messages: Raw, chunk_size: int = 50_000) -> Iterator[list[Message]]:
+    """Decode a chat's raw ``messages`` array in slices of about ``chunk_size`` messages.
+
+    Telegram Desktop pretty-prints its exports, and a raw newline can never be inside a JSON string, so a
+    newline followed by exactly the first element's indentation and ``{`` starts the next element of the
+    array. A file without that layout (minified, hand-edited) is decoded in one piece. Raises
+    :class:`SliceMismatch` when a slice does not decode; :func:`decode_messages` then gives the answer.
+    """
+    view = memoryview(messages)
+    head = _ARRAY_START.match(view)
+    starts: list[int] = []
+    if head is not None and b"\n" in head.group(1):
+        indent = head.group(1).rsplit(b"\n", 1)[1]
+        starts = [m.start() for m in re.finditer(rb"\n" + re.escape(indent) + rb"\{", view)]
+    if len(starts) <= chunk_size:
+        try:
+            yield _MESSAGES_DECODER.decode(view)
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            raise SliceMismatch from None
+        return
+    bounds = starts[::chunk_size] + [len(view) - 1]  # the last slice stops before the closing "]"
+    for begin, end in zip(bounds, bounds[1:]):
+        piece = bytes(view[begin:end]).rstrip().rstrip(b",")
+        try:
+            yield _MESSAGES_DECODER.decode(b"[" + piece + b"]")
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            raise SliceMismatch from None
+
+
+def decode_messages(path: str, messages: Raw) -> list[Message]:
+    """Decode a whole raw ``messages`` array, with an error message that points at the bad message."""
+    try:
+        return _MESSAGES_DECODER.decode(messages)
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        if isinstance(exc, msgspec.ValidationError):
+            exc = msgspec.ValidationError(str(exc).replace("at `$", "at `$.messages", 1))
+        raise _describe_decode_error(path, exc) from None

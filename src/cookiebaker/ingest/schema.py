@@ -1,0 +1,33 @@
+"""The messages table written by ``cookiebaker ingest``: one row per entry of a chat's ``messages`` array."""
+
+from __future__ import annotations
+
+import polars as pl
+
+UTC_TIME = pl.Datetime("us", "UTC")
+
+#: column name → (polars dtype, meaning). This is the contract later stages read.
+MESSAGE_COLUMNS: dict[str, tuple[pl.DataType, str]] = {
+    "chat_id": (pl.Int64(), "Bare chat id (no user/channel prefix, the 2020-21 internal offset removed)."),
+    "chat_name": (pl.String(), "Chat title or user name; null for Saved Messages and deleted accounts."),
+    "chat_type": (pl.String(), "personal_chat, private_group, public_supergroup, private_channel, ..."),
+    "message_id": (pl.Int64(), "Message id in the chat; negative for history migrated from a basic group."),
+    "kind": (pl.String(), "message, service or unsupported."),
+    "date": (UTC_TIME, "Send time in UTC: date_unixtime when present, else the export's local date read as UTC."),
+    "sender": (pl.String(), "Display name of the sender (the actor for service entries); null when unknown."),
+    "sender_id": (pl.String(), "Canonical peer id of the sender: 'user123', 'channel123' or 'chat123'."),
+    "text": (pl.String(), "Plain text with every entity flattened; '' when there is none."),
+    "reply_to_message_id": (pl.Int64(), "Id of the message this one replies to, or null."),
+    "reply_to_chat_id": (pl.Int64(), "Bare id of the other chat for a reply into another chat; else null."),
+    "forwarded": (pl.Boolean(), "True for a forwarded (or saved-from) message, even when the origin is hidden."),
+    "forwarded_from": (pl.String(), "Name of the original author of a forward (or the chat it was saved from)."),
+    "forwarded_from_id": (pl.String(), "Canonical peer id of the original author, when the export has it."),
+    "via_bot": (pl.String(), "'@username' of the inline bot the message was sent through, or null."),
+    "media_type": (pl.String(), "photo, file, sticker, voice_message, video_file, poll, location, ... or null."),
+    "action": (pl.String(), "Service action (pin_message, create_group, ...) for service entries, else null."),
+    "edited": (UTC_TIME, "Last edit time in UTC, or null (the pre-2020 epoch placeholder reads as null)."),
+    "source_file": (pl.String(), "Path of the export file the row was read from."),
+}
+
+MESSAGE_SCHEMA = pl.Schema({name: dtype for name, (dtype, _) in MESSAGE_COLUMNS.items()})
+KINDS = ("message", "service", "unsupported")
