@@ -35,7 +35,7 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
 
 def write_parquet(frame: pl.DataFrame, target: str | os.PathLike[str]) -> None:
     with atomic_path(target) as tmp:
-        frame.write_parquet(tmp, compression="zstd", statistics=True)
+        frame.write_parquet(tmp, compression="lz4", statistics=True)
 
 
 def write_json(data: Any, target: str | os.PathLike[str]) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import polars as pl
-import pyarrow as pa
 from msgspec import UNSET
 
 from cookiebaker.ingest.decode import Message, Peer
@@ -81,23 +80,28 @@ def _forward_name(m: Message) -> str | None:
 
 
 def _join_parts(parts: list) -> str:  # noqa: ANN001
-    return "".join(part if part.__class__ is str else part.text for part in parts)
+    return "".join([part if part.__class__ is str else part.text for part in parts])
 
 
 def _strings(values: list) -> pl.Series:  # noqa: ANN001
-    return pl.from_arrow(pa.array(values, pa.string_view())).cast(pl.String)  # type: ignore[return-value]
+    return pl.Series(values, dtype=pl.String)
 
 
 def _mapped(values: list, convert) -> list:  # noqa: ANN001
     """Convert a column through a cache of its distinct values (peers repeat a lot)."""
     cache = {v: convert(v) for v in set(values)}
+    if all(k is v or k == v for k, v in cache.items()):
+        return values  # already canonical, as in every export since tdesktop 2.7.2
     return [cache[v] for v in values]
 
 
-def _utc(unix: pl.Expr, local: pl.Expr) -> pl.Expr:
-    from_unix = pl.from_epoch(unix.cast(pl.Int64, strict=False), time_unit="s")
-    from_local = local.str.to_datetime(LOCAL_DATE_FORMAT, strict=False)
-    return pl.coalesce(from_unix, from_local).dt.replace_time_zone("UTC").cast(UTC_TIME)
+def _utc(unix: pl.Series, local: pl.Series) -> pl.Series:
+    """UTC timestamps from unixtime strings, falling back to the export's local-time strings (read as UTC)."""
+    stamps = pl.from_epoch(unix.cast(pl.Int64, strict=False), time_unit="s").dt.replace_time_zone("UTC")
+    if local.len() == unix.len():
+        from_local = local.str.to_datetime(LOCAL_DATE_FORMAT, strict=False, time_zone="UTC")
+        stamps = stamps.fill_null(from_local)
+    return stamps.cast(UTC_TIME)
 
 
 def messages_frame(msgs: list[Message]) -> tuple[pl.DataFrame, Peer]:
@@ -106,22 +110,25 @@ def messages_frame(msgs: list[Message]) -> tuple[pl.DataFrame, Peer]:
     raw_senders = [m.from_id if m.from_id is not None else m.actor_id for m in msgs]
     first_peer = next((p for p in raw_senders if p is not None), None)
     texts = [m.text for m in msgs]
+    # Polls, locations, contacts, venues, games, invoices, to-do lists and giveaways never carry a caption, so
+    # only captionless messages (and paid media, which may have one) need the slower check.
     media = [
         mt if (mt := m.media_type) is not None
-        else None if (m.photo is U and m.file is U and m.poll is U and m.location_information is U
-                      and m.contact_information is U and m.place_name is U and m.game_title is U
-                      and m.invoice_information is U and m.todo_list is U and m.giveaway_information is U
-                      and m.giveaway_results is U and m.paid_stars_amount is U)
-        else _rare_media_type(m)
-        for m in msgs
+        else "photo" if m.photo is not U
+        else "file" if m.file is not U
+        else _rare_media_type(m) if (t == "" or m.paid_stars_amount is not U)
+        else None
+        for m, t in zip(msgs, texts)
     ]
+    unix_dates = _strings([m.date_unixtime for m in msgs])
+    unix_edits = _strings([m.edited_unixtime for m in msgs])
+    # Exports older than mid-2022 have no unixtime twins: only then are the local-time strings needed.
+    local_dates = _strings([m.date for m in msgs] if unix_dates.null_count() else [])
+    local_edits = _strings([m.edited for m in msgs] if unix_edits.null_count() else [])
     frame = pl.DataFrame([
         pl.Series("message_id", [m.id for m in msgs], dtype=pl.Int64),
         _strings([m.type for m in msgs]).alias("kind"),
-        _strings([m.date_unixtime for m in msgs]).alias("date_unixtime"),
-        _strings([m.date for m in msgs]).alias("date_local"),
-        _strings([m.edited_unixtime for m in msgs]).alias("edited_unixtime"),
-        _strings([m.edited for m in msgs]).alias("edited_local"),
+        _utc(unix_dates, local_dates).alias("date"),
         _strings([m.sender if m.type == "message" else m.actor for m in msgs]).alias("sender"),
         _strings(_mapped(raw_senders, canonical_peer)).alias("sender_id"),
         _strings([t if t.__class__ is str else _join_parts(t) for t in texts]).alias("text"),
@@ -135,26 +142,10 @@ def messages_frame(msgs: list[Message]) -> tuple[pl.DataFrame, Peer]:
         _strings([m.via_bot for m in msgs]).alias("via_bot"),
         _strings(media).alias("media_type"),
         _strings([m.action for m in msgs]).alias("action"),
+        _utc(unix_edits, local_edits).alias("edited"),
     ])
-    edited = _utc(pl.col("edited_unixtime"), pl.col("edited_local"))
-    frame = frame.select(
-        "message_id",
-        "kind",
-        _utc(pl.col("date_unixtime"), pl.col("date_local")).alias("date"),
-        "sender",
-        "sender_id",
-        "text",
-        "reply_to_message_id",
-        "reply_to_chat_id",
-        "forwarded",
-        "forwarded_from",
-        "forwarded_from_id",
-        "via_bot",
-        "media_type",
-        "action",
-        # Before tdesktop 2.1.9 every message carried an "edited" at the epoch: that means "not edited".
-        pl.when(edited.dt.year() > 1970).then(edited).alias("edited"),
-    )
+    # Before tdesktop 2.1.9 every message carried an "edited" at the epoch: that means "not edited".
+    frame = frame.with_columns(pl.when(pl.col("edited").dt.year() > 1970).then(pl.col("edited")).alias("edited"))
     return frame, first_peer
 
 

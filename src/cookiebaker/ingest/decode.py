@@ -112,11 +112,12 @@ def _sniff(path: str, data: bytes) -> bytes:
     return data
 
 
-def decode_export(path: str, data: bytes) -> list[Chat]:
+def decode_export(path: str, data: bytes) -> tuple[list[Chat], bytes]:
     """Decode one export file's bytes into its chats (one for a single-chat export).
 
     The chats' ``messages`` stay raw JSON (validated, not yet decoded): :func:`iter_message_chunks` decodes
     them a slice at a time, so a million-message export never exists as a million Python objects at once.
+    Also returns the buffer those raw arrays point into: ``data`` itself unless it had to be repaired.
     """
     data = _sniff(path, data)
     try:
@@ -125,14 +126,15 @@ def decode_export(path: str, data: bytes) -> list[Chat]:
         message = str(exc)
         if "invalid escape" in message and b"\\x" in data:
             try:
-                root = _DECODER.decode(_fix_hex_escapes(data))
+                data = _fix_hex_escapes(data)
+                root = _DECODER.decode(data)
             except (msgspec.DecodeError, UnicodeDecodeError) as retry_exc:
                 raise _describe_decode_error(path, retry_exc) from None
         else:
             raise _describe_decode_error(path, exc) from None
     except UnicodeDecodeError as exc:
         raise _describe_decode_error(path, exc) from None
-    return _chats_of(path, root)
+    return _chats_of(path, root), data
 
 
 def _describe_decode_error(path: str, exc: Exception) -> InputFileError:
@@ -175,33 +177,41 @@ class SliceMismatch(Exception):
     """A slice of a messages array did not decode on its own; the caller decodes the whole array instead."""
 
 
-def iter_message_chunks(messages: Raw, chunk_size: int = 50_000) -> Iterator[list[Message]]:
-    """Decode a chat's raw ``messages`` array in slices of about ``chunk_size`` messages.
+def message_spans(messages: Raw, chunk_bytes: int = 16 * 1024 * 1024) -> list[tuple[int, int]]:
+    """Split a chat's raw ``messages`` array into spans of about ``chunk_bytes`` each, on message boundaries.
 
     Telegram Desktop pretty-prints its exports, and a raw newline can never be inside a JSON string, so a
     newline followed by exactly the first element's indentation and ``{`` starts the next element of the
-    array. A file without that layout (minified, hand-edited) is decoded in one piece. Raises
-    :class:`SliceMismatch` when a slice does not decode; :func:`decode_messages` then gives the answer.
+    array. A file without that layout (minified, hand-edited) gives one span: the whole array. Offsets are
+    relative to the raw array; :func:`slice_json` turns a span into a JSON array of its own.
     """
     view = memoryview(messages)
     head = _ARRAY_START.match(view)
-    starts: list[int] = []
-    if head is not None and b"\n" in head.group(1):
-        indent = head.group(1).rsplit(b"\n", 1)[1]
-        starts = [m.start() for m in re.finditer(rb"\n" + re.escape(indent) + rb"\{", view)]
-    if len(starts) <= chunk_size:
-        try:
-            yield _MESSAGES_DECODER.decode(view)
-        except (msgspec.DecodeError, UnicodeDecodeError):
-            raise SliceMismatch from None
-        return
-    bounds = starts[::chunk_size] + [len(view) - 1]  # the last slice stops before the closing "]"
-    for begin, end in zip(bounds, bounds[1:]):
-        piece = bytes(view[begin:end]).rstrip().rstrip(b",")
-        try:
-            yield _MESSAGES_DECODER.decode(b"[" + piece + b"]")
-        except (msgspec.DecodeError, UnicodeDecodeError):
-            raise SliceMismatch from None
+    if len(view) <= chunk_bytes or head is None or b"\n" not in head.group(1):
+        return [(0, len(view))]
+    indent = head.group(1).rsplit(b"\n", 1)[1]
+    element_start = re.compile(rb"\n" + re.escape(indent) + rb"\{")
+    bounds = [head.end() - len(indent) - 2]
+    while True:
+        found = element_start.search(view, bounds[-1] + chunk_bytes)
+        if found is None:
+            break
+        bounds.append(found.start())
+    bounds.append(len(view) - 1)  # the last span stops before the closing "]"
+    return list(zip(bounds, bounds[1:]))
+
+
+def slice_json(raw: bytes | memoryview, whole: bool) -> bytes | memoryview:
+    """The bytes of a span as a JSON array (a whole array is used as it is)."""
+    return raw if whole else b"[" + bytes(raw).rstrip().rstrip(b",") + b"]"
+
+
+def decode_slice(piece: bytes | memoryview) -> list[Message]:
+    """Decode one slice from :func:`message_slices`; :class:`SliceMismatch` if it is not valid on its own."""
+    try:
+        return _MESSAGES_DECODER.decode(piece)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        raise SliceMismatch from None
 
 
 def decode_messages(path: str, messages: Raw) -> list[Message]:

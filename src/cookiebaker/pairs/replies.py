@@ -27,9 +27,9 @@ PAIR_COLUMNS = ["query", "response", "chat_id", "query_message_id", "response_me
                 "response_sender_id", "query_date", "response_date"]
 
 
-def burst_segments(messages: pl.DataFrame, window_minutes: float) -> pl.Expr:
-    """Segment id per row: a burst continues while the same sender keeps writing their own messages, each
-    within the window of the previous one, none of them a reply."""
+def burst_starts(window_minutes: float) -> pl.Expr:
+    """True where a row does not continue the burst of the row before: a burst goes on while the same sender
+    keeps writing their own messages, each within the window of the previous one, none of them a reply."""
     own = is_own_message()
     continues = (
         (pl.col("chat_id") == pl.col("chat_id").shift(1))
@@ -39,7 +39,17 @@ def burst_segments(messages: pl.DataFrame, window_minutes: float) -> pl.Expr:
         & ((pl.col("date") - pl.col("date").shift(1)) <= pl.duration(seconds=window_minutes * 60))
         & pl.col("reply_to_message_id").is_null()
     )
-    return (~continues.fill_null(False)).cum_sum().alias("burst")
+    return ~continues.fill_null(False)
+
+
+def _burst_texts(frame: pl.DataFrame, pairs: pl.DataFrame) -> pl.DataFrame:
+    """Response text and message ids of each pair: the reply's row and the rest of its burst."""
+    rows = pairs.select("pair", pl.int_ranges("row", pl.col("row") + pl.col("burst_length")).alias("row"))
+    members = rows.explode("row").join(frame.select("row", "message_id", "text"), on="row", how="left")
+    return members.group_by("pair").agg(
+        pl.col("message_id").alias("response_message_ids"),
+        pl.col("text").filter(pl.col("text") != "").str.join("\n").alias("response"),
+    )
 
 
 def build_reply_pairs(
@@ -50,11 +60,12 @@ def build_reply_pairs(
     opt_out_sender_ids: list[str],
     response_sender_ids: list[str],
 ) -> tuple[pl.DataFrame, dict]:
-    frame = messages.with_columns(burst_segments(messages, window_minutes), is_bot(bot_sender_ids).alias("bot"))
-    bursts = frame.group_by("burst").agg(
-        pl.col("message_id").alias("response_message_ids"),
-        pl.col("text").filter(pl.col("text") != "").str.join("\n").alias("response"),
+    frame = messages.with_row_index("row").with_columns(
+        burst_starts(window_minutes).alias("burst_start"), is_bot(bot_sender_ids).alias("bot")
     )
+    starts = frame.select(pl.col("row").filter(pl.col("burst_start"))).to_series()
+    ends = pl.concat([starts.slice(1), pl.Series([frame.height], dtype=starts.dtype)])
+    burst_lengths = pl.DataFrame({"row": starts, "burst_length": ends - starts})
     targets = frame.select(
         "chat_id",
         pl.col("message_id").alias("target_id"),
@@ -69,7 +80,7 @@ def build_reply_pairs(
     candidates = frame.filter((pl.col("kind") == "message") & pl.col("reply_to_message_id").is_not_null())
     candidates = candidates.with_columns(
         pl.when(pl.col("reply_to_chat_id").is_null()).then(pl.col("reply_to_message_id")).alias("target_id")
-    ).join(targets, on=["chat_id", "target_id"], how="left")
+    ).join(targets, on=["chat_id", "target_id"], how="left", maintain_order="left")
     opted_out = pl.col("sender_id").is_in(opt_out_sender_ids) | pl.col("query_sender_id").is_in(opt_out_sender_ids)
     checks = [
         ("reply_into_other_chat", pl.col("reply_to_chat_id").is_not_null()),
@@ -90,9 +101,16 @@ def build_reply_pairs(
         checks.append(("response_sender_not_selected", ~pl.col("sender_id").is_in(response_sender_ids).fill_null(False)))
     candidates = candidates.with_columns(first_reason(checks).alias("drop_reason"))
     dropped = count_reasons(candidates, "drop_reason", DROP_REASONS)
-    pairs = (
+    kept = (
         candidates.filter(pl.col("drop_reason").is_null())
-        .join(bursts, on="burst", how="left")
+        .join(burst_lengths, on="row", how="left", maintain_order="left")
+        .with_row_index("pair")
+    )
+    single = kept.filter(pl.col("burst_length") == 1).select(
+        "pair", pl.concat_list("message_id").alias("response_message_ids"), pl.col("text").alias("response"))
+    longer = _burst_texts(frame, kept.filter(pl.col("burst_length") > 1))
+    pairs = (
+        kept.join(pl.concat([single, longer]), on="pair", how="left", maintain_order="left")
         .select(
             "query",
             "response",
@@ -104,14 +122,13 @@ def build_reply_pairs(
             "query_date",
             pl.col("date").alias("response_date"),
         )
-        .sort(["chat_id", "query_message_id", "response_date"])
     )
-    burst_sizes = pairs.select(pl.col("response_message_ids").list.len())
+    burst_sizes = kept.get_column("burst_length")
     report = {
         "reply_candidates": candidates.height,
         "pairs": pairs.height,
         "dropped": dropped,
-        "pairs_with_burst": int((burst_sizes.to_series() > 1).sum()) if pairs.height else 0,
-        "burst_messages_merged": int(burst_sizes.to_series().sum() - pairs.height) if pairs.height else 0,
+        "pairs_with_burst": int((burst_sizes > 1).sum()),
+        "burst_messages_merged": int(burst_sizes.sum() - pairs.height) if pairs.height else 0,
     }
     return pairs, report
