@@ -82,14 +82,14 @@ def build_config(
     except ValidationError as exc:
         errors = exc.errors()
     problems = [_describe(e) for e in errors]
-    unknown = [tuple(e["loc"]) for e in errors if e["type"] == "extra_forbidden"]
-    if unknown and len(unknown) == len(errors):
-        # Unknown keys stop pydantic before the checks that combine options: run those too, so that one
-        # message names every bad option.
+    located = [tuple(e["loc"]) for e in errors if e["loc"]]
+    if located and len(located) == len(errors):
+        # Bad fields stop pydantic before the checks that combine options: run those too, without the bad
+        # fields, so that one message names every bad option.
         try:
-            cls.model_validate(_without(merged, unknown))
+            cls.model_validate(_without(merged, located))
         except ValidationError as exc:
-            problems += [_describe(e) for e in exc.errors()]
+            problems += [_describe(e) for e in exc.errors() if not e["loc"]]
     raise ConfigError(f"invalid {section} config: {'; '.join(problems)}")
 
 

@@ -1,0 +1,116 @@
+"""Benchmark: ingest + pairs of a large synthetic export, cookiebaker vs the straightforward version.
+
+    python bench/bench_dataset.py [--messages 1000000] [--workdir bench/results]
+
+Writes the export with ../shared/tools/synth_telegram_export.py (cached in the workdir), then times each
+implementation in its own processes and reports wall time and peak memory (the resident memory of the
+command and its worker processes together). Prints a table and writes bench/results/dataset.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+
+HERE = Path(__file__).resolve().parent
+SYNTH = HERE.parent.parent / "shared" / "tools" / "synth_telegram_export.py"
+
+
+def _family(pid: int) -> list[int]:
+    """The process and all of its descendants (Linux /proc)."""
+    family, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        family.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            try:
+                queue.extend(int(child) for child in task.read_text().split())
+            except OSError:
+                pass
+    return family
+
+
+def _rss(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def run_measured(args: list[str]) -> tuple[float, int]:
+    """Wall seconds of a command, and the peak of the summed resident memory of it and its worker
+    processes, sampled every 100 ms (or the command's own peak RSS, if that is larger)."""
+    started = time.perf_counter()
+    process = subprocess.Popen(args, env={**os.environ, "COOKIEBAKER_PROGRESS": "off"})
+    peak = 0
+    while True:
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            break
+        peak = max(peak, sum(_rss(member) for member in _family(process.pid)))
+        time.sleep(0.1)
+    elapsed = time.perf_counter() - started
+    if status != 0:
+        raise SystemExit(f"{' '.join(args)} failed with status {status}")
+    return elapsed, max(peak, usage.ru_maxrss * 1024)
+
+
+def measure(steps: list[list[str]]) -> tuple[float, int]:
+    total, peak = 0.0, 0
+    for step in steps:
+        seconds, step_peak = run_measured(step)
+        total += seconds
+        peak = max(peak, step_peak)
+    return total, peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=1_000_000)
+    parser.add_argument("--workdir", type=Path, default=HERE / "results")
+    parser.add_argument("--skip-baseline", action="store_true", help="time cookiebaker only")
+    args = parser.parse_args()
+    work = args.workdir
+    work.mkdir(parents=True, exist_ok=True)
+    export = work / f"synth_{args.messages}.json"
+    if not export.exists():
+        print(f"writing a {args.messages:,}-entry export with {SYNTH.name} ...", flush=True)
+        subprocess.run([sys.executable, str(SYNTH), "--messages", str(args.messages), "--out", str(export)], check=True,
+                       stdout=subprocess.DEVNULL)
+    size_mb = export.stat().st_size / 1e6
+    cookiebaker = str(Path(sys.executable).with_name("cookiebaker"))
+    ours = measure([
+        [cookiebaker, "-q", "ingest", str(export), "-o", str(work / "messages.parquet")],
+        [cookiebaker, "-q", "pairs", str(work / "messages.parquet"), "-o", str(work / "qa.parquet")],
+    ])
+    results = {"messages": args.messages, "export_mb": round(size_mb, 1), "cpus": os.cpu_count(),
+               "cookiebaker_seconds": round(ours[0], 2), "cookiebaker_peak_mib": round(ours[1] / 2**20)}
+    pairs = pl.read_parquet(work / "qa.parquet").height
+    results["pairs"] = pairs
+    if not args.skip_baseline:
+        base = measure([[sys.executable, str(HERE / "straightforward.py"), str(export), str(work / "sf_messages.parquet"),
+                         str(work / "sf_qa.parquet")]])
+        results.update({"straightforward_seconds": round(base[0], 2), "straightforward_peak_mib": round(base[1] / 2**20),
+                        "speedup": round(base[0] / ours[0], 1), "memory_ratio": round(ours[1] / base[1], 2)})
+        assert pl.read_parquet(work / "sf_qa.parquet").height == pairs, "the two implementations disagree"
+    (work / "dataset.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\n{args.messages:,} entries ({size_mb:.0f} MB), {pairs:,} pairs")
+    print(f"{'':16s}{'seconds':>10s}{'peak MiB':>10s}")
+    print(f"{'cookiebaker':16s}{results['cookiebaker_seconds']:>10.2f}{results['cookiebaker_peak_mib']:>10d}")
+    if not args.skip_baseline:
+        print(f"{'straightforward':16s}{results['straightforward_seconds']:>10.2f}{results['straightforward_peak_mib']:>10d}")
+        print(f"speed-up {results['speedup']}×, memory {results['memory_ratio']}× of the straightforward version")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+TELEGRAM = SHARED / "data" / "telegram"
+SYNTH_TOOL = SHARED / "tools" / "synth_telegram_export.py"
+
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("COOKIEBAKER_PROGRESS", "off")
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        if os.environ.get("CI") or os.environ.get("COOKIEBAKER_REQUIRE_SHARED"):
+            pytest.fail(f"{path} is missing: CI must have ../shared beside the checkout")
+        pytest.skip(f"{path} is not here (the shared data lies beside the checkout in CI)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def telegram_dir() -> Path:
+    return _require(TELEGRAM)
+
+
+@pytest.fixture(scope="session")
+def synth_tool() -> Path:
+    return _require(SYNTH_TOOL)
+
+
+def synth_export(tool: Path, out: Path, messages: int, *, chats: int = 1, seed: int = 0) -> tuple[Path, dict]:
+    args = [sys.executable, str(tool), "--messages", str(messages), "--seed", str(seed), "--out", str(out)]
+    if chats > 1:
+        args += ["--account", "--chats", str(chats)]
+    subprocess.run(args, check=True, capture_output=True)
+    return out, json.loads(Path(str(out) + ".truth.json").read_text())
+
+
+def msg(id: int, text: object = "", *, sender: str | None = "Alice", sender_id: str | None = "user1",
+        date: int = 1_700_000_000, **extra: object) -> dict:
+    """One message object as a modern Telegram Desktop writes it."""
+    entry: dict = {"id": id, "type": "message", "date": "2023-11-14T22:13:20", "date_unixtime": str(date)}
+    if sender is not None or sender_id is not None:
+        entry["from"] = sender
+        entry["from_id"] = sender_id
+    entry.update(extra)
+    entry["text"] = text
+    return entry
+
+
+def service(id: int, action: str = "pin_message", *, date: int = 1_700_000_000, actor: str = "Alice",
+            actor_id: str = "user1") -> dict:
+    return {"id": id, "type": "service", "date": "2023-11-14T22:13:20", "date_unixtime": str(date),
+            "actor": actor, "actor_id": actor_id, "action": action, "text": "", "text_entities": []}
+
+
+def write_chat(path: Path, messages: list[dict], *, chat_id: int = 1234, name: str = "Test group",
+               chat_type: str = "private_supergroup") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"name": name, "type": chat_type, "id": chat_id, "messages": messages},
+                               ensure_ascii=False, indent=1), encoding="utf-8")
+    return path
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the installed console script, as a user would."""
+    exe = Path(sys.executable).with_name("cookiebaker")
+    return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=600)

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+from conftest import msg, run_cli, write_chat
+
+T0 = 1_700_000_000
+
+
+@pytest.mark.parametrize("command", [[], ["ingest"], ["pairs"], ["demo"]])
+def test_help(command: list[str]) -> None:
+    result = run_cli(*command, "--help")
+    assert result.returncode == 0
+    assert "usage: cookiebaker" in result.stdout
+
+
+def test_ingest_and_pairs_end_to_end(tmp_path: Path, telegram_dir: Path) -> None:
+    write_chat(tmp_path / "exports" / "chat.json", [
+        msg(1, "where is the party?", sender="Ann", sender_id="user10", date=T0),
+        msg(2, "at mine, call +44 20 7946 0958", sender="Ben", sender_id="user11", date=T0 + 30,
+            reply_to_message_id=1),
+    ])
+    result = run_cli("ingest", str(tmp_path / "exports"), str(telegram_dir / "tg2md"), "-o", str(tmp_path / "m.parquet"),
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "21 rows from 2 chats in 2 files" in result.stdout
+    assert (tmp_path / "m_ingest.json").is_file() and (tmp_path / "m.parquet.config.yaml").is_file()
+    result = run_cli("pairs", str(tmp_path / "m.parquet"), "-o", str(tmp_path / "qa.parquet"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    qa = pl.read_parquet(tmp_path / "qa.parquet")
+    assert qa.select("query", "response").rows() == [("where is the party?", "at mine, call [PHONE]")]
+    report = json.loads((tmp_path / "qa_report.json").read_text())
+    assert report["pairs"] == 1 and report["scrubbed"]["phone"] == 1
+    assert "party" not in result.stderr + result.stdout  # no chat text in logs
+
+
+def test_params_file_and_flags(tmp_path: Path) -> None:
+    write_chat(tmp_path / "chat.json", [msg(1, "q", sender="Ann", sender_id="user10", date=T0),
+                                        msg(2, "a", sender="Ben", sender_id="user11", date=T0 + 30, reply_to_message_id=1),
+                                        msg(3, "b", sender="Ben", sender_id="user11", date=T0 + 400)])
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"pairs": {"burst_window_minutes": 10}}))
+    assert run_cli("ingest", "chat.json", "-o", "m.parquet", cwd=tmp_path).returncode == 0
+    assert run_cli("pairs", "m.parquet", "-o", "qa.parquet", cwd=tmp_path).returncode == 0
+    assert pl.read_parquet(tmp_path / "qa.parquet")["response"].to_list() == ["a\nb"]
+    resolved = yaml.safe_load((tmp_path / "qa.parquet.config.yaml").read_text())
+    assert resolved["burst_window_minutes"] == 10 and resolved["privacy"]["scrub_emails"] is True
+    assert run_cli("pairs", "m.parquet", "-o", "qa.parquet", "--burst-window-minutes", "1", cwd=tmp_path).returncode == 0
+    assert pl.read_parquet(tmp_path / "qa.parquet")["response"].to_list() == ["a"]
+    assert run_cli("pairs", "m.parquet", "-o", "qa.parquet", "--opt-out-sender-id", "user11", cwd=tmp_path).returncode == 0
+    assert pl.read_parquet(tmp_path / "qa.parquet").height == 0
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["ingest", "missing.json", "-o", "out.parquet"], "missing.json: no such file or folder"),
+    (["ingest", "page.html", "-o", "out.parquet"], "Machine-readable JSON"),
+    (["ingest", "cut.json", "-o", "out.parquet"], "truncated"),
+    (["pairs", "missing.parquet", "-o", "out.parquet"], "run `cookiebaker ingest` first"),
+    (["pairs", "chat.json", "-o", "out.parquet", "--max-turns", "3"], "'max_turns' must be even"),
+    (["ingest", "chat.json", "-o", "out.parquet", "--params", "bad.yaml"], "unknown option 'colour'"),
+])
+def test_bad_input_is_one_line_without_traceback(tmp_path: Path, args: list[str], expected: str) -> None:
+    write_chat(tmp_path / "chat.json", [msg(1, "hello")])
+    (tmp_path / "page.html").write_text("<!DOCTYPE html><html></html>")
+    (tmp_path / "cut.json").write_text((tmp_path / "chat.json").read_text()[:-20])
+    (tmp_path / "bad.yaml").write_text("ingest:\n  colour: red\n")
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out.parquet").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.parquet")]
+
+
+def test_demo(tmp_path: Path) -> None:
+    result = run_cli("demo", "--workdir", str(tmp_path / "demo"))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    for label in ("SFW", "NSFW"):
+        assert summary[label]["pairs"] > 100
+        assert pl.read_parquet(summary[label]["pairs_table"]).height == summary[label]["pairs"]
+    assert "training pairs" in result.stdout

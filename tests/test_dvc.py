@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+from conftest import REPO
+
+from cookiebaker.demo.sample_chats import write_sample_exports
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"{args}: {result.stdout}\n{result.stderr}"
+    return result
+
+
+def test_dvc_repro_from_a_fresh_clone(tmp_path: Path) -> None:
+    clone = tmp_path / "clone"
+    if (REPO / ".git").exists():
+        _run(["git", "clone", "-q", str(REPO), str(clone)], tmp_path)
+    else:
+        clone.mkdir()
+        _run(["git", "init", "-q"], clone)
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(REPO / name, clone / name)  # the working tree's versions, committed or not
+    (clone / "data").mkdir(exist_ok=True)
+    shutil.copy(REPO / "data" / ".gitignore", clone / "data" / ".gitignore")
+    dvc = str(Path(sys.executable).with_name("dvc"))
+    _run([dvc, "init", "-q", "-f"], clone)
+    write_sample_exports(clone / "data", messages_per_chat=120)
+    _run([dvc, "repro"], clone)
+    for label in ("SFW", "NSFW"):
+        assert pl.read_parquet(clone / "data" / f"{label}.parquet").height >= 120
+        assert pl.read_parquet(clone / "data" / f"{label}_qa.parquet").height > 0
+        assert (clone / "reports" / f"pairs_{label}.json").is_file()
+    again = _run([dvc, "repro"], clone)
+    assert "Data and pipelines are up to date" in again.stdout
+    metrics = _run([dvc, "metrics", "show", "--json"], clone)
+    assert "pairs_SFW.json" in metrics.stdout

@@ -1,0 +1,251 @@
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import polars as pl
+import pytest
+from conftest import msg, service, synth_export, write_chat
+
+from cookiebaker import ingest
+from cookiebaker.errors import ExportFormatError, InputFileError
+from cookiebaker.ingest import IngestConfig, read_export
+from cookiebaker.ingest.schema import MESSAGE_SCHEMA
+
+REAL_FILES = [
+    "akarsh1995/telegram.json", "bitnada/result-2021.json", "dogs_community/result.json",
+    "innerdvations/private_channel.json", "innerdvations/public_supergroup.json", "innerdvations/saved.json",
+    "pachumarchive/result.json", "ragtgbot/result.json", "tg2md/result.json", "trantor_library/result.json",
+    "uponthepathofsalaf/result.json",
+]
+
+
+def _reference_chats(path: Path) -> list[dict]:
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    if "messages" in doc:
+        return [doc]
+    return doc["chats"]["list"] + doc.get("left_chats", {}).get("list", [])
+
+
+def _reference_text(m: dict) -> str:
+    if "text_entities" in m:
+        return "".join(e["text"] for e in m["text_entities"])
+    text = m.get("text", "")
+    return text if isinstance(text, str) else "".join(p if isinstance(p, str) else p["text"] for p in text)
+
+
+@pytest.mark.parametrize("name", REAL_FILES)
+def test_real_export_rows_kinds_and_texts(telegram_dir: Path, name: str) -> None:
+    path = telegram_dir / name
+    frame = read_export(path)
+    chats = _reference_chats(path)
+    entries = [m for chat in chats for m in chat["messages"]]
+    assert frame.height == len(entries)
+    assert frame.schema == MESSAGE_SCHEMA
+    assert Counter(frame["kind"]) == Counter(m["type"] for m in entries)
+    assert frame["text"].to_list() == [_reference_text(m) for m in entries]
+    assert frame["message_id"].to_list() == [m["id"] for m in entries]
+    assert frame["text"].null_count() == 0
+    assert frame["date"].null_count() == sum(1 for m in entries if "date" not in m)
+    assert frame["source_file"].unique().to_list() == [str(path)]
+
+
+def test_every_real_export_in_the_folder_is_covered(telegram_dir: Path) -> None:
+    assert sorted(str(p.relative_to(telegram_dir)) for p in telegram_dir.rglob("*.json")) == sorted(REAL_FILES)
+
+
+def test_peer_id_eras(telegram_dir: Path) -> None:
+    bitnada = read_export(telegram_dir / "bitnada/result-2021.json")  # 2021: shifted integer ids
+    assert bitnada["chat_id"].unique().to_list() == [1101706805]
+    assert bitnada["sender_id"].unique().to_list() == ["channel1101706805"]
+    akarsh = read_export(telegram_dir / "akarsh1995/telegram.json")  # 2019: plain int32 user ids
+    assert set(akarsh["sender_id"]) == {"user788849164", "user289567837"}
+    assert akarsh["chat_id"].unique().to_list() == [788849164]
+    ragtg = read_export(telegram_dir / "ragtgbot/result.json")  # since 2021: "user…" strings, bare chat id
+    assert ragtg["chat_id"].unique().to_list() == [4696915167]
+    assert "user12345678" in set(ragtg["sender_id"])
+
+
+def test_dates_prefer_unixtime_and_ignore_the_epoch_edit(telegram_dir: Path) -> None:
+    dogs = read_export(telegram_dir / "dogs_community/result.json")
+    first = json.loads((telegram_dir / "dogs_community/result.json").read_text())["messages"][0]
+    assert dogs["date"][0].timestamp() == int(first["date_unixtime"])
+    tg2md = read_export(telegram_dir / "tg2md/result.json")  # no unixtime: the local date read as UTC
+    assert str(tg2md["date"][0]) == "2020-11-12 12:53:52+00:00"
+    assert tg2md["edited"].drop_nulls().len() > 0
+    akarsh = read_export(telegram_dir / "akarsh1995/telegram.json")
+    assert akarsh["edited"].null_count() == akarsh.height  # "1970-01-01T05:30:00" everywhere means unedited
+
+
+def test_reply_into_another_chat(telegram_dir: Path) -> None:
+    dogs = read_export(telegram_dir / "dogs_community/result.json")
+    raw = json.loads((telegram_dir / "dogs_community/result.json").read_text())["messages"]
+    assert dogs["reply_to_chat_id"].drop_nulls().len() == sum(1 for m in raw if "reply_to_peer_id" in m) == 22
+    assert dogs.filter(pl.col("reply_to_chat_id").is_not_null())["reply_to_message_id"].null_count() == 0
+
+
+def test_media_forwards_bots_and_service(telegram_dir: Path) -> None:
+    saved = read_export(telegram_dir / "innerdvations/saved.json")
+    assert saved["chat_name"].null_count() == saved.height  # Saved Messages have no name
+    assert saved["via_bot"].drop_nulls().to_list() == ["@gif"]
+    assert saved["forwarded"].sum() >= 1
+    assert {"photo", "poll", "sticker", "animation", "voice_message", "video_file"} <= set(saved["media_type"].drop_nulls())
+    salaf = read_export(telegram_dir / "uponthepathofsalaf/result.json")
+    assert salaf["forwarded"].sum() == 27
+    assert salaf.filter(pl.col("forwarded"))["forwarded_from_id"].null_count() == 0
+    assert set(salaf.filter(pl.col("kind") == "service")["action"]) >= {"create_channel", "pin_message"}
+    bitnada = read_export(telegram_dir / "bitnada/result-2021.json")
+    assert bitnada.filter(pl.col("media_type") == "file").height == 2  # PDFs: a document has no media_type
+
+
+def test_migrated_negative_ids(telegram_dir: Path) -> None:
+    frame = read_export(telegram_dir / "innerdvations/public_supergroup.json")
+    assert (frame["message_id"] < 0).any()
+
+
+def test_full_account_layout_and_duplicate_chats(telegram_dir: Path, tmp_path: Path) -> None:
+    report = ingest.run(IngestConfig(inputs=[str(telegram_dir / "akarsh1995")], output=str(tmp_path / "m.parquet")))
+    assert report["rows"] == 6 and report["duplicate_rows_dropped"] == 6  # both chats share chat and message ids
+    assert report["rows_by_kind"] == {"message": 5, "service": 1, "unsupported": 0}
+
+
+def test_folder_of_every_real_export(telegram_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "all.parquet"
+    report = ingest.run(IngestConfig(inputs=[str(telegram_dir)], output=str(out)))
+    assert report["files_read"] == len(REAL_FILES) and report["chats"] == 11
+    frame = pl.read_parquet(out)
+    assert frame.height == report["rows"] == 8411 - 6
+    assert frame.select(pl.struct("chat_id", "message_id").is_unique().all()).item()
+    assert Path(str(out) + ".config.yaml").is_file()
+    assert json.loads((tmp_path / "all_ingest.json").read_text())["rows"] == frame.height
+
+
+@pytest.mark.parametrize("chats", [1, 4])
+def test_synthetic_export_matches_its_truth(synth_tool: Path, tmp_path: Path, chats: int) -> None:
+    path, truth = synth_export(synth_tool, tmp_path / "synth.json", 30_000, chats=chats, seed=chats)
+    frame = read_export(path)
+    messages = frame.filter(pl.col("kind") == "message")
+    assert frame.height == 30_000
+    assert messages.height == truth["messages"]
+    assert frame.filter(pl.col("kind") == "service").height == truth["service"]
+    assert frame["chat_id"].n_unique() == truth["chats"]
+    assert messages["forwarded"].sum() == truth["forwarded"]
+    assert messages["via_bot"].drop_nulls().len() == truth["via_bot"]
+    assert (messages["sender_id"].str.starts_with("user9")).sum() == truth["bot_sender"]
+    assert messages["sender"].null_count() == truth["deleted_sender"]
+    assert messages["reply_to_message_id"].drop_nulls().len() == truth["reply_in_chat"] + truth["reply_dangling"]
+    assert messages["media_type"].drop_nulls().len() == truth["media"]
+    assert messages.filter(pl.col("media_type").is_not_null() & (pl.col("text") == "")).height == truth["media_only"]
+
+
+def test_sliced_decoding_equals_whole_decoding(synth_tool: Path, tmp_path: Path, monkeypatch) -> None:
+    path, _ = synth_export(synth_tool, tmp_path / "s.json", 5_000, seed=3)
+    whole = read_export(path)
+    monkeypatch.setattr(ingest, "SLICE_BYTES", 50_000)
+    sliced = read_export(path)
+    assert sliced.equals(whole)
+    monkeypatch.setattr(ingest, "PARALLEL_MIN_BYTES", 1)
+    workers = ingest._Workers()
+    try:
+        parallel = read_export(path, workers)
+    finally:
+        workers.close()
+    assert parallel.equals(whole)
+
+
+def test_minified_export_is_read_in_one_piece(tmp_path: Path, monkeypatch) -> None:
+    messages = [msg(i, f"hello {i}") for i in range(1, 200)]
+    path = tmp_path / "min.json"
+    path.write_text(json.dumps({"name": "g", "type": "private_group", "id": 5, "messages": messages},
+                               separators=(",", ":")))
+    monkeypatch.setattr(ingest, "SLICE_BYTES", 100)
+    frame = read_export(path)
+    assert frame["text"].to_list() == [f"hello {i}" for i in range(1, 200)]
+
+
+def test_control_character_escapes_and_repeated_keys(tmp_path: Path) -> None:
+    path = tmp_path / "quirks.json"
+    body = json.dumps({"name": "q", "type": "private_group", "id": 7, "messages": [
+        msg(1, "tab\u000bhere"), msg(2, "a literal \\x41 stays"), service(3, "send_webview_data")]}, indent=1)
+    body = body.replace("\\u000b", "\\x0b")  # what Telegram Desktop writes for a vertical tab
+    body = body.replace('"action": "send_webview_data",', '"action": "send_webview_data", "text": "data",')
+    path.write_text(body)
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(body)
+    frame = read_export(path)
+    assert frame["text"].to_list() == ["tab\x0bhere", "a literal \\x41 stays", ""]
+
+
+def test_overlapping_exports_keep_the_latest_edit(tmp_path: Path) -> None:
+    old = [msg(1, "first"), msg(2, "typo"), msg(3, "third")]
+    new = [msg(2, "fixed", edited="2023-11-15T10:00:00", edited_unixtime="1700042400"), msg(3, "third"),
+           msg(4, "fourth")]
+    write_chat(tmp_path / "in" / "a_old.json", old)
+    write_chat(tmp_path / "in" / "b_new.json", new)
+    report = ingest.run(IngestConfig(inputs=[str(tmp_path / "in")], output=str(tmp_path / "m.parquet")))
+    frame = pl.read_parquet(tmp_path / "m.parquet")
+    assert frame["text"].to_list() == ["first", "fixed", "third", "fourth"]
+    assert report["duplicate_rows_dropped"] == 2
+    # The order of the files does not matter: the edit wins either way.
+    report = ingest.run(IngestConfig(inputs=[str(tmp_path / "in" / "b_new.json"), str(tmp_path / "in" / "a_old.json")],
+                                     output=str(tmp_path / "m2.parquet")))
+    assert pl.read_parquet(tmp_path / "m2.parquet")["text"].to_list() == ["first", "fixed", "third", "fourth"]
+
+
+def test_unsupported_entries_are_rows(tmp_path: Path) -> None:
+    path = write_chat(tmp_path / "u.json", [msg(1, "hi"), {"id": 2, "type": "unsupported"}])
+    frame = read_export(path)
+    assert frame["kind"].to_list() == ["message", "unsupported"]
+    assert frame["text"].to_list() == ["hi", ""]
+    assert frame["date"][1] is None
+
+
+BAD_INPUTS = {
+    "truncated": (lambda p: p.write_text(json.dumps({"name": "x", "type": "private_group", "id": 1,
+                                                     "messages": [msg(1, "a")]}, indent=1)[:-30]), "truncated"),
+    "html": (lambda p: p.write_text("<!DOCTYPE html>\n<html><head></head><body>messages</body></html>"),
+             "Machine-readable JSON"),
+    "not an export": (lambda p: p.write_text(json.dumps({"foo": [1, 2]})), "not a Telegram Desktop export"),
+    "array": (lambda p: p.write_text("[1, 2, 3]"), "not a Telegram Desktop export"),
+    "bad field": (lambda p: p.write_text(json.dumps({"name": "x", "type": "t", "id": 1,
+                                                     "messages": [{"id": "one"}]})), "$.messages[0].id"),
+    "latin-1": (lambda p: p.write_bytes(json.dumps({"name": "x", "type": "t", "id": 1, "messages": [msg(1, "é")]},
+                                                   ensure_ascii=False).encode("latin-1")), "not valid UTF-8"),
+    "utf-16": (lambda p: p.write_bytes(json.dumps({"id": 1, "messages": []}).encode("utf-16")), "UTF-16"),
+    "empty": (lambda p: p.write_text(""), "empty"),
+    "not json": (lambda p: p.write_text("hello: world"), "not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_names_the_file_and_the_problem(tmp_path: Path, case: str) -> None:
+    write, expected = BAD_INPUTS[case]
+    path = tmp_path / "bad.json"
+    write(path)
+    with pytest.raises(ExportFormatError) as raised:
+        read_export(path)
+    message = str(raised.value)
+    assert str(path) in message and expected in message
+    assert "\n" not in message
+
+
+def test_missing_inputs(tmp_path: Path) -> None:
+    with pytest.raises(InputFileError, match="no such file"):
+        ingest.run(IngestConfig(inputs=[str(tmp_path / "nope.json")], output=str(tmp_path / "o.parquet")))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputFileError, match="no \\*.json"):
+        ingest.run(IngestConfig(inputs=[str(tmp_path / "empty")], output=str(tmp_path / "o.parquet")))
+
+
+def test_skip_invalid_lists_bad_files(tmp_path: Path) -> None:
+    write_chat(tmp_path / "in" / "good.json", [msg(1, "hi")])
+    (tmp_path / "in" / "bad.json").write_text("<html></html>")
+    out = tmp_path / "m.parquet"
+    with pytest.raises(ExportFormatError):
+        ingest.run(IngestConfig(inputs=[str(tmp_path / "in")], output=str(out)))
+    assert not out.exists() and not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*"))
+    report = ingest.run(IngestConfig(inputs=[str(tmp_path / "in")], output=str(out), skip_invalid=True))
+    assert report["files_read"] == 1 and report["files_skipped"] == 1
+    assert report["skipped"][0]["file"].endswith("bad.json") and "HTML" in report["skipped"][0]["error"]
+    assert pl.read_parquet(out).height == 1

@@ -1,0 +1,201 @@
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import polars as pl
+import pytest
+from conftest import REPO, msg, service, synth_export, write_chat
+
+from cookiebaker import ingest, pairs
+from cookiebaker.errors import ConfigError, DatasetError
+from cookiebaker.config import build_config
+from cookiebaker.pairs import PairsConfig
+from cookiebaker.pairs.privacy import Scrubber, luhn_valid
+
+T0 = 1_700_000_000
+A, B, C = {"sender": "Alice", "sender_id": "user1"}, {"sender": "Bob", "sender_id": "user2"}, {"sender": "Carol", "sender_id": "user3"}
+
+
+def make_pairs(tmp_path: Path, messages: list[dict], **options) -> tuple[pl.DataFrame, dict]:
+    write_chat(tmp_path / "chat.json", messages)
+    ingest.run(ingest.IngestConfig(inputs=[str(tmp_path / "chat.json")], output=str(tmp_path / "m.parquet")))
+    config = PairsConfig(input=str(tmp_path / "m.parquet"), output=str(tmp_path / "qa.parquet"), **options)
+    report = pairs.run(config)
+    return pl.read_parquet(tmp_path / "qa.parquet"), report
+
+
+def test_reply_with_burst(tmp_path: Path) -> None:
+    frame, report = make_pairs(tmp_path, [
+        msg(1, "anyone up for pizza?", **A, date=T0),
+        msg(2, "me!", **B, date=T0 + 60, reply_to_message_id=1),
+        msg(3, "with olives", **B, date=T0 + 90),
+        msg(4, "and extra cheese", **B, date=T0 + 200),
+        msg(5, "ok", **A, date=T0 + 230),
+    ])
+    assert frame.select("query", "response").rows() == [("anyone up for pizza?", "me!\nwith olives\nand extra cheese")]
+    assert frame["response_message_ids"].to_list() == [[2, 3, 4]]
+    assert frame.row(0, named=True)["query_sender_id"] == "user1"
+    assert frame.row(0, named=True)["response_sender_id"] == "user2"
+    assert report["pairs"] == 1 and report["pairs_with_burst"] == 1 and report["burst_messages_merged"] == 2
+
+
+@pytest.mark.parametrize("breaker", ["gap", "other sender", "reply", "service", "forward"])
+def test_burst_stops(tmp_path: Path, breaker: str) -> None:
+    follow = {
+        "gap": msg(3, "much later", **B, date=T0 + 60 + 5 * 60 + 1),
+        "other sender": msg(3, "me too", **C, date=T0 + 70),
+        "reply": msg(3, "answering myself", **B, date=T0 + 70, reply_to_message_id=2),
+        "service": service(3, actor="Bob", actor_id="user2", date=T0 + 70),
+        "forward": msg(3, "look at this", **B, date=T0 + 70, forwarded_from="News"),
+    }[breaker]
+    frame, _ = make_pairs(tmp_path, [msg(1, "q", **A, date=T0), msg(2, "a", **B, date=T0 + 60, reply_to_message_id=1),
+                                     follow, msg(4, "tail", **B, date=T0 + 80)])
+    assert frame.filter(pl.col("query_message_id") == 1)["response"].to_list() == ["a"]
+
+
+def test_burst_window_is_configurable_and_empty_burst_messages_add_nothing(tmp_path: Path) -> None:
+    messages = [msg(1, "q", **A, date=T0), msg(2, "a", **B, date=T0 + 60, reply_to_message_id=1),
+                msg(3, "", **B, date=T0 + 100, photo="(File not included. Change data exporting settings to download.)"),
+                msg(4, "b", **B, date=T0 + 100 + 9 * 60)]
+    frame, _ = make_pairs(tmp_path, messages, burst_window_minutes=10)
+    assert frame["response"].to_list() == ["a\nb"] and frame["response_message_ids"].to_list() == [[2, 3, 4]]
+    frame, _ = make_pairs(tmp_path, messages)
+    assert frame["response"].to_list() == ["a"]
+
+
+CASES = {
+    "target_not_in_export": [msg(2, "a", **B, reply_to_message_id=99)],
+    "reply_into_other_chat": [msg(1, "local q", **A), msg(2, "a", **B, reply_to_message_id=1, reply_to_peer_id="channel777")],
+    "response_forwarded": [msg(1, "q", **A), msg(2, "a", **B, reply_to_message_id=1, forwarded_from=None)],
+    "response_via_bot": [msg(1, "q", **A), msg(2, "a", **B, reply_to_message_id=1, via_bot="@gif")],
+    "response_from_bot": [msg(1, "q", **A), msg(2, "a", sender="GroupHelpBot", sender_id="user9", reply_to_message_id=1)],
+    "query_not_a_message": [service(1), msg(2, "a", **B, reply_to_message_id=1)],
+    "query_forwarded": [msg(1, "q", **A, forwarded_from="Someone"), msg(2, "a", **B, reply_to_message_id=1)],
+    "query_via_bot": [msg(1, "q", **A, via_bot="@gif"), msg(2, "a", **B, reply_to_message_id=1)],
+    "query_from_bot": [msg(1, "q", sender="Helper Bot", sender_id="user9"), msg(2, "a", **B, reply_to_message_id=1)],
+    "response_empty": [msg(1, "q", **A), msg(2, "", **B, reply_to_message_id=1, photo="photos/p.jpg")],
+    "query_empty": [msg(1, "", **A, file="(File not included.)", media_type="sticker"),
+                    msg(2, "a", **B, reply_to_message_id=1)],
+    "self_reply": [msg(1, "q", **A), msg(2, "a", **A, reply_to_message_id=1)],
+}
+
+
+@pytest.mark.parametrize("reason", list(CASES))
+def test_every_drop_rule(tmp_path: Path, reason: str) -> None:
+    frame, report = make_pairs(tmp_path, CASES[reason])
+    assert frame.height == 0
+    assert report["dropped"][reason] == 1
+    assert sum(report["dropped"].values()) == report["reply_candidates"] == 1
+
+
+def test_bot_sender_ids_and_opt_out_and_speaker_filter(tmp_path: Path) -> None:
+    messages = [msg(1, "q1", **A, date=T0), msg(2, "a1", **B, reply_to_message_id=1, date=T0 + 60),
+                msg(3, "q2", **B, date=T0 + 3600), msg(4, "a2", **C, reply_to_message_id=3, date=T0 + 3660),
+                msg(5, "q3", **C, date=T0 + 7200), msg(6, "a3", **A, reply_to_message_id=5, date=T0 + 7260)]
+    frame, _ = make_pairs(tmp_path, messages)
+    assert frame.height == 3
+    frame, report = make_pairs(tmp_path, messages, bot_sender_ids=["user2"])
+    assert report["dropped"]["response_from_bot"] == 1 and report["dropped"]["query_from_bot"] == 1
+    frame, report = make_pairs(tmp_path, messages, privacy={"opt_out_sender_ids": [3]})
+    assert frame["response"].to_list() == ["a1"] and report["dropped"]["opted_out"] == 2
+    frame, report = make_pairs(tmp_path, messages, response_sender_ids=["user1", "user2"])
+    assert sorted(frame["response"]) == ["a1", "a3"] and report["dropped"]["response_sender_not_selected"] == 1
+
+
+def test_scrubbing_in_samples_and_report(tmp_path: Path) -> None:
+    frame, report = make_pairs(tmp_path, [
+        msg(1, "call me on +7 912 345-67-89 or mail bob@example.com", **A),
+        msg(2, "my card is 4111 1111 1111 1111, the order 2023-01-15 12:30", **B, reply_to_message_id=1),
+    ])
+    row = frame.row(0, named=True)
+    assert row["query"] == "call me on [PHONE] or mail [EMAIL]"
+    assert row["response"] == "my card is [CARD], the order 2023-01-15 12:30"
+    assert report["scrubbed"] == {"email": 1, "card": 1, "phone": 1}
+    frame, report = make_pairs(tmp_path, [msg(1, "mail bob@example.com", **A), msg(2, "ok", **B, reply_to_message_id=1)],
+                               privacy={"scrub_emails": False})
+    assert frame["query"].to_list() == ["mail bob@example.com"]
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("4111 1111 1111 1111", "[CARD]"), ("4111-1111-1111-1112", "4111-1111-1111-1112"),
+    ("+1 (555) 123-4567", "[PHONE]"), ("(555) 123-4567", "[PHONE]"), ("8 912 345 67 89", "[PHONE]"),
+    ("1 000 000 000 rubles", "1 000 000 000 rubles"), ("on 12.03.2024", "on 12.03.2024"),
+    ("version 1.2.3", "version 1.2.3"), ("a.b-c+d@mail.example.org", "[EMAIL]"), ("@handle", "@handle"),
+])
+def test_scrubber_cases(text: str, expected: str) -> None:
+    assert Scrubber().scrub(text) == expected
+
+
+def test_luhn() -> None:
+    assert luhn_valid("4111111111111111") and not luhn_valid("4111111111111112")
+
+
+def test_conversations(tmp_path: Path) -> None:
+    messages = [
+        msg(1, "hi all", **A, date=T0), msg(2, "hey", **B, date=T0 + 10), msg(3, "what's up", **B, date=T0 + 20),
+        msg(4, "not much", **A, date=T0 + 30), service(5, date=T0 + 35), msg(6, "cool", **C, date=T0 + 40),
+        # a new session after two hours
+        msg(7, "morning", **B, date=T0 + 7200), msg(8, "morning!", **A, date=T0 + 7210),
+        msg(9, "lonely", **C, date=T0 + 20000),
+    ]
+    frame, report = make_pairs(tmp_path, messages, mode="conversations")
+    convs = frame["messages"].to_list()
+    assert convs[0] == [{"role": "user", "content": "hi all"}, {"role": "assistant", "content": "hey\nwhat's up"},
+                        {"role": "user", "content": "not much"}, {"role": "assistant", "content": "cool"}]
+    assert convs[1] == [{"role": "user", "content": "morning"}, {"role": "assistant", "content": "morning!"}]
+    assert len(convs) == 2 and report["sessions"] == 3 and report["sessions_without_exchange"] == 1
+    assert report["messages_dropped"]["not_a_message"] == 1
+    for conv in convs:
+        roles = [turn["role"] for turn in conv]
+        assert roles[0] == "user" and roles[-1] == "assistant"
+        assert all(a != b for a, b in zip(roles, roles[1:]))
+
+
+def test_conversations_speaking_as_one_person_and_max_turns(tmp_path: Path) -> None:
+    messages = [msg(i, f"m{i}", **(B if i % 3 == 0 else A if i % 3 == 1 else C), date=T0 + i * 10) for i in range(1, 13)]
+    frame, _ = make_pairs(tmp_path, messages, mode="conversations", response_sender_ids=["user2"])
+    (conv,) = frame["messages"].to_list()
+    assert [t["role"] for t in conv] == ["user", "assistant"] * 4
+    assert conv[0]["content"] == "m1\nm2" and conv[1]["content"] == "m3"
+    frame, _ = make_pairs(tmp_path, messages, mode="conversations", response_sender_ids=["user2"], max_turns=2)
+    assert frame.height == 4 and set(frame["turns"]) == {2}
+
+
+def test_equals_the_straightforward_implementation(synth_tool: Path, tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("straightforward", REPO / "bench" / "straightforward.py")
+    reference = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reference)
+    path, _ = synth_export(synth_tool, tmp_path / "s.json", 20_000, seed=7)
+    expected = reference.pairs(reference.ingest(str(path)))
+    ingest.run(ingest.IngestConfig(inputs=[str(path)], output=str(tmp_path / "m.parquet")))
+    pairs.run(PairsConfig(input=str(tmp_path / "m.parquet"), output=str(tmp_path / "qa.parquet")))
+    actual = pl.read_parquet(tmp_path / "qa.parquet")
+    key = ["chat_id", "query_message_id", "response_message_ids", "query", "response", "query_sender_id",
+           "response_sender_id"]
+    assert actual.height == len(expected) > 2000
+    assert sorted(actual.select(key).rows()) == sorted(
+        pl.from_pandas(expected).with_columns(pl.col("response_message_ids").cast(pl.List(pl.Int64))).select(key).rows())
+
+
+def test_config_errors_name_every_bad_option() -> None:
+    with pytest.raises(ConfigError) as raised:
+        build_config(PairsConfig, "pairs", {"pairs": {"max_turns": 3, "colour": "red", "burst_window_minutes": 0,
+                                                      "privacy": {"opt_out": [1]}}})
+    message = str(raised.value)
+    for name in ("max_turns", "colour", "burst_window_minutes", "privacy.opt_out"):
+        assert name in message
+    with pytest.raises(ConfigError, match="opted-out"):
+        build_config(PairsConfig, "pairs", {"pairs": {"response_sender_ids": ["user5"],
+                                                      "privacy": {"opt_out_sender_ids": [5]}}})
+
+
+def test_bad_messages_table(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="run `cookiebaker ingest` first"):
+        pairs.run(PairsConfig(input=str(tmp_path / "nope.parquet"), output=str(tmp_path / "o.parquet")))
+    pl.DataFrame({"x": [1]}).write_parquet(tmp_path / "other.parquet")
+    with pytest.raises(DatasetError, match="missing column"):
+        pairs.run(PairsConfig(input=str(tmp_path / "other.parquet"), output=str(tmp_path / "o.parquet")))
+    (tmp_path / "text.parquet").write_text("hello")
+    with pytest.raises(DatasetError, match="not a readable Parquet"):
+        pairs.run(PairsConfig(input=str(tmp_path / "text.parquet"), output=str(tmp_path / "o.parquet")))
