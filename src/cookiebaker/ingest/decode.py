@@ -97,7 +97,7 @@ def _fix_hex_escapes(data: bytes) -> bytes:
 
 def _sniff(path: str, data: bytes) -> bytes:
     """Reject what is obviously not a JSON export, with a message that says what it is instead."""
-    if not data.strip():
+    if not data[:4096].strip() and not data.strip():
         raise ExportFormatError(path, "the file is empty")
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise ExportFormatError(path, "the file is UTF-16 encoded; Telegram Desktop writes UTF-8 JSON")
