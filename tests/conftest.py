@@ -74,3 +74,31 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run the installed console script, as a user would."""
     exe = Path(sys.executable).with_name("cookiebaker")
     return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma(tmp_path_factory) -> Path:
+    from tiny import build_tiny_gemma
+
+    return build_tiny_gemma(tmp_path_factory.mktemp("tiny_gemma"))
+
+
+@pytest.fixture(scope="session")
+def demo_pairs(tmp_path_factory) -> Path:
+    """A pairs table of the demo's SFW sample chat, written by the real stages."""
+    from cookiebaker import ingest, pairs
+    from cookiebaker.demo.sample_chats import write_sample_exports
+
+    root = tmp_path_factory.mktemp("demo_pairs")
+    write_sample_exports(root / "data", messages_per_chat=300)
+    ingest.run(ingest.IngestConfig(inputs=[str(root / "data" / "SFW")], output=str(root / "m.parquet")))
+    pairs.run(pairs.PairsConfig(input=str(root / "m.parquet"), output=str(root / "qa.parquet")))
+    return root / "qa.parquet"
+
+
+@pytest.fixture(scope="session")
+def embedded_cache(tmp_path_factory) -> Path:
+    """COOKIEBAKER_CACHE for the session, so the embedded model is converted once per test run."""
+    cache = tmp_path_factory.mktemp("cache")
+    os.environ["COOKIEBAKER_CACHE"] = str(cache)
+    return cache

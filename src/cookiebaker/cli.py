@@ -17,7 +17,8 @@ DESCRIPTION = """\
 Turn consented Telegram Desktop chat exports into fine-tuned chat responders.
 
 Only export chats whose participants agreed that their messages are used for training.
-Stages: ingest (exports → messages table) → pairs (messages → training samples).
+Stages: ingest (exports → messages table) → pairs (messages → training samples)
+→ train (LoRA adapter) → merge (standalone model).
 Every option also lives in params.yaml (one section per stage); flags override it."""
 
 
@@ -71,6 +72,44 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="never use this sender's messages (repeatable; adds to params.yaml's list)")
     _add_params_option(pairs)
 
+    train = commands.add_parser(
+        "train", help="fine-tune a LoRA responder adapter on training samples",
+        description="Fine-tune a LoRA adapter (QLoRA NF4 on CUDA; the same recipe without 4-bit on CPU) on the "
+                    "samples written by `cookiebaker pairs`, rendered with the base model's chat template, with "
+                    "loss on the answers only. Writes checkpoint-N folders, the final adapter, metrics.json "
+                    "(eval loss before/after, throughput) and a loss curve into the output folder. Runs "
+                    "unchanged under `accelerate launch` / `torchrun` with several processes.")
+    train.add_argument("--data", help="samples table (default: data/qa.parquet)")
+    train.add_argument("--output-dir", help="adapter and checkpoints folder (default: models/adapter)")
+    train.add_argument("--base-model", help="hub id, local model folder or embedded:smollm2-135m")
+    train.add_argument("--max-steps", type=int, help="optimizer steps (default 150)")
+    train.add_argument("--learning-rate", type=float, help="peak learning rate (default 1e-5)")
+    train.add_argument("--warmup-steps", type=int, help="warm-up steps (default 15)")
+    train.add_argument("--batch-size", type=int, help="samples per micro-batch (default 1)")
+    train.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (default 16)")
+    train.add_argument("--lora-r", type=int, help="LoRA rank (default 8)")
+    train.add_argument("--eval-fraction", type=float, help="share of samples held out (default 0.05)")
+    train.add_argument("--max-length", type=int, help="longest sample in tokens (default 1024)")
+    train.add_argument("--save-steps", type=int, help="checkpoint every N steps (default 50)")
+    train.add_argument("--seed", type=int, help="random seed (default 42)")
+    train.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], help="mixed precision (default auto)")
+    train.add_argument("--quantization", choices=["auto", "nf4", "none"], help="4-bit base (default auto: on CUDA)")
+    train.add_argument("--report-to", action="append", choices=["tensorboard", "wandb", "none"],
+                       help="metric logger (repeatable; default tensorboard and wandb, offline without a key)")
+    train.add_argument("--resume", action="store_true", default=None,
+                       help="continue from the latest checkpoint in the output folder")
+    _add_params_option(train)
+
+    merge = commands.add_parser(
+        "merge", help="merge a LoRA adapter into its full-precision base model",
+        description="Reload the adapter's base model unquantized, merge the adapter into it and save a "
+                    "standalone model (safetensors) with every tokenizer file of the base.")
+    merge.add_argument("--adapter", help="adapter folder: the train output or one of its checkpoint-N folders")
+    merge.add_argument("--output", help="merged model folder (default: models/merged)")
+    merge.add_argument("--base-model", help="base model, if not the one recorded in the adapter")
+    merge.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="merged weights (default float32)")
+    _add_params_option(merge)
+
     demo = commands.add_parser(
         "demo", help="run the pipeline end to end on built-in sample chats, offline",
         description="Write sample SFW and NSFW Telegram exports (invented people, no real data) into "
@@ -114,13 +153,40 @@ def _run_pairs(args: argparse.Namespace) -> None:
           f"({dropped} dropped, see the report) → {config.output}")
 
 
+def _run_train(args: argparse.Namespace) -> None:
+    from cookiebaker import train
+
+    names = ["data", "output_dir", "base_model", "max_steps", "learning_rate", "warmup_steps", "batch_size",
+             "grad_accum", "lora_r", "eval_fraction", "max_length", "save_steps", "seed", "precision",
+             "quantization", "report_to", "resume"]
+    config = build_config(train.TrainConfig, "train", read_params(args.params), _overrides(args, names))
+    metrics = train.run(config)
+    print(f"train: {metrics['steps']} steps on {metrics['samples']} samples, eval loss "
+          f"{_fmt(metrics['eval_loss_before'])} → {_fmt(metrics['eval_loss_after'])}, "
+          f"{metrics['tokens_per_second']} tokens/s → {config.output_dir}")
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _run_merge(args: argparse.Namespace) -> None:
+    from cookiebaker import merge
+
+    config = build_config(merge.MergeConfig, "merge", read_params(args.params),
+                          _overrides(args, ["adapter", "output", "base_model", "dtype"]))
+    report = merge.run(config)
+    print(f"merge: {report['adapter']} + {report['base_model']} → {report['output']}")
+
+
 def _run_demo(args: argparse.Namespace) -> None:
     from cookiebaker import demo
 
     demo.run(demo.DemoConfig(workdir=args.workdir))
 
 
-COMMANDS = {"ingest": _run_ingest, "pairs": _run_pairs, "demo": _run_demo}
+COMMANDS = {"ingest": _run_ingest, "pairs": _run_pairs, "train": _run_train, "merge": _run_merge,
+            "demo": _run_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

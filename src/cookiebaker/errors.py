@@ -26,3 +26,7 @@ class ExportFormatError(InputFileError):
 
 class DatasetError(CookiebakerError):
     """A dataset (Parquet) produced by an earlier stage is missing, empty or has the wrong schema."""
+
+
+class ModelError(CookiebakerError):
+    """A base model, adapter or tokenizer cannot be found, loaded or used as asked."""

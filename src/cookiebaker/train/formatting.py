@@ -1,0 +1,108 @@
+"""Samples → token ids and labels, rendered with the base model's own chat template.
+
+Loss is on the assistant's tokens only, including the end-of-turn token that closes each assistant turn
+(``<end_of_turn>`` for Gemma, ``<|im_end|>`` for ChatML), so the model learns to stop. No generation prompt is
+appended after the last answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from cookiebaker.errors import DatasetError, ModelError
+
+IGNORE = -100
+Message = dict[str, str]
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool
+
+
+def supports_system_role(tokenizer: Any) -> bool:
+    """Whether the chat template renders a system turn (Gemma's refuses: its text goes into the first user turn)."""
+    probe = [{"role": "system", "content": "\u2063sys\u2063"}, {"role": "user", "content": "hi"}]
+    try:
+        return "\u2063sys\u2063" in tokenizer.apply_chat_template(probe, tokenize=False)
+    except Exception:  # jinja2 raises TemplateError from the template's own raise_exception
+        return False
+
+
+def normalize(messages: list[Message], system_role: bool) -> list[Message]:
+    """Strict user/assistant alternation: fold system text into the first user turn when the template has no
+    system role, and merge consecutive turns of one role."""
+    system = [m["content"] for m in messages if m["role"] == "system"]
+    turns: list[Message] = []
+    for message in messages:
+        if message["role"] == "system":
+            continue
+        role = "assistant" if message["role"] in ("assistant", "model") else "user"
+        if turns and turns[-1]["role"] == role:
+            turns[-1] = {"role": role, "content": turns[-1]["content"] + "\n" + message["content"]}
+        else:
+            turns.append({"role": role, "content": message["content"]})
+    if system:
+        text = "\n\n".join(system)
+        if system_role:
+            turns.insert(0, {"role": "system", "content": text})
+        elif turns and turns[0]["role"] == "user":
+            turns[0] = {"role": "user", "content": f"{text}\n\n{turns[0]['content']}"}
+        else:
+            turns.insert(0, {"role": "user", "content": text})
+    return turns
+
+
+def _render(tokenizer: Any, messages: list[Message], generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+
+def assistant_spans(tokenizer: Any, messages: list[Message]) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character spans of every assistant answer (with its end-of-turn)."""
+    full = _render(tokenizer, messages, generation_prompt=False)
+    spans = []
+    for index, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt = _render(tokenizer, messages[:index], generation_prompt=True)
+        upto = _render(tokenizer, messages[: index + 1], generation_prompt=False)
+        if not (upto.startswith(prompt) and full.startswith(upto)):
+            raise ModelError("the chat template does not render conversations as growing prefixes; "
+                             "cannot tell the answer's tokens apart")
+        spans.append((len(prompt), len(upto)))
+    return full, spans
+
+
+def encode(tokenizer: Any, messages: list[Message], max_length: int) -> Encoded:
+    """Token ids and labels (IGNORE outside the answers); too long: keep the first token and the end."""
+    text, spans = assistant_spans(tokenizer, messages)
+    tokens = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids: list[int] = tokens["input_ids"]
+    labels = [IGNORE] * len(ids)
+    span_index = 0
+    for position, (start, end) in enumerate(tokens["offset_mapping"]):
+        while span_index < len(spans) and start >= spans[span_index][1]:
+            span_index += 1
+        if span_index < len(spans) and spans[span_index][0] <= start < spans[span_index][1] and end > start:
+            labels[position] = ids[position]
+    truncated = len(ids) > max_length
+    if truncated:
+        keep = max_length - 1
+        ids, labels = ids[:1] + ids[-keep:], [IGNORE] + labels[-keep:]
+    return Encoded(ids, labels, truncated)
+
+
+def samples_to_messages(frame: Any) -> list[list[Message]]:
+    """Rows of a pairs table (query/response) or a conversations table (messages) → chat messages."""
+    columns = set(frame.columns)
+    if {"query", "response"} <= columns:
+        return [[{"role": "user", "content": q}, {"role": "assistant", "content": r}]
+                for q, r in zip(frame["query"].to_list(), frame["response"].to_list())]
+    if "messages" in columns:
+        return [[{"role": turn["role"], "content": turn["content"]} for turn in conversation]
+                for conversation in frame["messages"].to_list()]
+    raise DatasetError("the samples table has neither query/response nor messages columns "
+                       "(write it with `cookiebaker pairs`)")
