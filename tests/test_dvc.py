@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -48,6 +49,8 @@ def test_dvc_repro_from_a_fresh_clone(tmp_path: Path, tiny_gemma: Path) -> None:
         assert (clone / "models" / label / "checkpoint-2" / "adapter_config.json").is_file()
         assert (clone / "models" / f"{label}_merged" / "model.safetensors").is_file()
         assert (clone / "reports" / f"train_{label}_loss.json").is_file()
+        assert (clone / "models" / f"{label}_gguf" / f"cookiebaker-{label.lower()}.f16.gguf").is_file()
+        assert json.loads((clone / "reports" / f"export_{label}.json").read_text())["parity"]["agreement"] == 1.0
     again = _run([dvc, "repro"], clone)
     assert "Data and pipelines are up to date" in again.stdout
     metrics = _run([dvc, "metrics", "show", "--json"], clone)

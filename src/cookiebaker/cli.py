@@ -18,7 +18,7 @@ Turn consented Telegram Desktop chat exports into fine-tuned chat responders.
 
 Only export chats whose participants agreed that their messages are used for training.
 Stages: ingest (exports → messages table) → pairs (messages → training samples)
-→ train (LoRA adapter) → merge (standalone model).
+→ train (LoRA adapter) → merge (standalone model) → export (GGUF + Modelfile) → push (Ollama).
 Every option also lives in params.yaml (one section per stage); flags override it."""
 
 
@@ -111,6 +111,33 @@ def _build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="merged weights (default float32)")
     _add_params_option(merge)
 
+    export = commands.add_parser(
+        "export", help="convert a merged model to GGUF with an Ollama Modelfile, checked against llama.cpp",
+        description="Convert a merged model to GGUF with llama.cpp's converter (f16, bf16, q8_0; K-quants through "
+                    "llama.cpp's quantizer), write the Ollama Modelfile (template, temperature, top_p, stops) and a "
+                    "variant that lets Ollama convert the safetensors itself, rewrite tokenizer.json merges for "
+                    "Ollama < 0.5, and check that llama.cpp generates the same tokens as transformers.")
+    export.add_argument("--model", help="merged model folder (default: models/merged)")
+    export.add_argument("--output-dir", help="where the GGUF and Modelfiles go (default: models/export)")
+    export.add_argument("--name", help="model name (GGUF file name; Ollama name for push)")
+    export.add_argument("--report", help="also write export.json here (a DVC metric)")
+    export.add_argument("--quantize", choices=["f16", "bf16", "q8_0", "q4_K_M", "q5_K_M", "q6_K"],
+                        help="GGUF type (default f16)")
+    export.add_argument("--no-check", dest="check", action="store_false", default=None,
+                        help="skip the llama.cpp vs transformers check")
+    export.add_argument("--check-tokens", type=int, help="tokens generated per check prompt (default 16)")
+    _add_params_option(export)
+
+    push = commands.add_parser(
+        "push", help="create the exported model in Ollama and push it",
+        description="Run `ollama create NAME -f Modelfile` and `ollama push NAME` in the export folder, or, "
+                    "without the ollama CLI, the same through the REST API of the server at OLLAMA_HOST.")
+    push.add_argument("--output-dir", help="the export folder (default: models/export)")
+    push.add_argument("--name", help="Ollama model name, e.g. USER/cookiebaker-sfw")
+    push.add_argument("--no-push", dest="push", action="store_false", default=None, help="create locally only")
+    push.add_argument("--host", help="Ollama server for the REST API (default: OLLAMA_HOST or 127.0.0.1:11434)")
+    _add_params_option(push)
+
     demo = commands.add_parser(
         "demo", help="run the pipeline end to end on built-in sample chats, offline",
         description="Write sample SFW and NSFW Telegram exports (invented people, no real data) into "
@@ -180,6 +207,30 @@ def _run_merge(args: argparse.Namespace) -> None:
     print(f"merge: {report['adapter']} + {report['base_model']} → {report['output']}")
 
 
+def _run_export(args: argparse.Namespace) -> None:
+    from cookiebaker import export
+
+    config = build_config(export.ExportConfig, "export", read_params(args.params),
+                          _overrides(args, ["model", "output_dir", "name", "report", "quantize", "check", "check_tokens"]))
+    report = export.run(config)
+    parity = report["parity"]
+    check = "not checked" if parity is None else (
+        f"llama.cpp agrees on {parity['agreement']:.0%} of {len(parity['prompts'])} prompts, "
+        f"tokenizer {'matches' if parity['tokenizer_matches'] else 'DIFFERS'}, "
+        f"end of turn {'stops' if parity['end_of_turn_stops_generation'] else 'does NOT stop'} generation")
+    print(f"export: {report['gguf']} ({report['gguf_bytes'] / 2**20:.1f} MiB, {report['quantize']}); {check}")
+    print(f"  ollama create {config.name} -f {report['modelfile']}")
+
+
+def _run_push(args: argparse.Namespace) -> None:
+    from cookiebaker.export import push
+
+    config = build_config(push.PushConfig, "push", read_params(args.params),
+                          _overrides(args, ["output_dir", "name", "push", "host"]))
+    steps = push.run(config)
+    print("push: " + "; ".join(steps))
+
+
 def _run_demo(args: argparse.Namespace) -> None:
     from cookiebaker import demo
 
@@ -187,7 +238,7 @@ def _run_demo(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {"ingest": _run_ingest, "pairs": _run_pairs, "train": _run_train, "merge": _run_merge,
-            "demo": _run_demo}
+            "export": _run_export, "push": _run_push, "demo": _run_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

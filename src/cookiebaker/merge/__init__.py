@@ -37,6 +37,17 @@ def find_adapter(path: str | Path) -> Path:
                      "one of its checkpoint-N folders")
 
 
+def _rewrite_merges_for_ollama(folder: Path) -> None:
+    from cookiebaker.export.tokenizer_fix import AmbiguousMerges, ensure_added_tokens_decoder, rewrite_merges
+
+    ensure_added_tokens_decoder(folder)
+    if (folder / "tokenizer.json").is_file():
+        try:
+            rewrite_merges(folder / "tokenizer.json")
+        except AmbiguousMerges as exc:
+            log.warning("%s", exc)
+
+
 def run(config: MergeConfig) -> dict:
     import torch
     from peft import PeftModel
@@ -64,6 +75,7 @@ def run(config: MergeConfig) -> dict:
         merged.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         copied = copy_tokenizer_files(base, staging)  # the base's own files win (tokenizer.model for GGUF)
+        _rewrite_merges_for_ollama(staging)
         save_resolved_config(config, staging / "merge_config.yaml")
         if output.exists():
             old = output.with_name(f".{output.name}.old")

@@ -1,0 +1,176 @@
+from __future__ import annotations
+
+import json
+import os
+import stat
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+from cookiebaker import export, merge, train
+from cookiebaker.errors import ModelError
+from cookiebaker.export import ExportConfig
+from cookiebaker.export.modelfile import CHATML, GEMMA, render_modelfile
+from cookiebaker.export.push import PushConfig, PushError
+from cookiebaker.export.tokenizer_fix import AmbiguousMerges, rewrite_merges
+
+
+@pytest.fixture(scope="module")
+def merged(tiny_gemma: Path, demo_pairs: Path, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("export")
+    train.run(train.TrainConfig(data=str(demo_pairs), output_dir=str(root / "adapter"), base_model=str(tiny_gemma),
+                                max_steps=8, save_steps=8, warmup_steps=1, learning_rate=3e-3, grad_accum=1,
+                                batch_size=8, report_to=["none"]))
+    merge.run(merge.MergeConfig(adapter=str(root / "adapter"), output=str(root / "merged")))
+    return root / "merged"
+
+
+def _bpe(merges: list) -> dict:
+    return {"version": "1.0", "model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2}, "merges": merges}}
+
+
+def test_merges_rewrite(tmp_path: Path) -> None:
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(_bpe([["a", "b"], ["ab", "c"]])))
+    assert rewrite_merges(path) == 2
+    assert json.loads(path.read_text())["model"]["merges"] == ["a b", "ab c"]
+    assert rewrite_merges(path) == 0  # idempotent
+    path.write_text(json.dumps(_bpe([["a", "b"], ["x y", "z"]])))
+    before = path.read_text()
+    with pytest.raises(AmbiguousMerges, match="space"):
+        rewrite_merges(path)
+    assert path.read_text() == before
+
+
+def test_modelfiles() -> None:
+    gemma = render_modelfile("./m.f16.gguf", GEMMA, temperature=0.7, top_p=0.7, stops=list(GEMMA.stops), system=None)
+    assert gemma.startswith("FROM ./m.f16.gguf\n")
+    assert "<start_of_turn>user" in gemma and "<start_of_turn>model" in gemma and "$system" in gemma
+    assert 'PARAMETER temperature 0.7\nPARAMETER top_p 0.7\nPARAMETER stop "<end_of_turn>"\nPARAMETER stop "<eos>"' in gemma
+    chatml = render_modelfile("/m", CHATML, temperature=0.5, top_p=0.9, stops=["<|im_end|>"], system="You are Bob.")
+    assert 'SYSTEM """You are Bob."""' in chatml and 'PARAMETER stop "<|im_end|>"' in chatml
+    assert "<|im_start|>assistant" in chatml
+
+
+@pytest.mark.parametrize("kind", ["f16", "q8_0"])
+def test_export_matches_transformers(merged: Path, tmp_path: Path, kind: str) -> None:
+    report = export.run(ExportConfig(model=str(merged), output_dir=str(tmp_path), name="cb-test", quantize=kind,
+                                     report=str(tmp_path / "report.json")))
+    gguf = tmp_path / f"cb-test.{kind}.gguf"
+    assert gguf.is_file() and report["gguf_bytes"] == gguf.stat().st_size
+    parity = report["parity"]
+    assert parity["tokenizer_matches"] and parity["end_of_turn_stops_generation"]
+    assert parity["agreement"] == 1.0, parity
+    modelfile = (tmp_path / "Modelfile").read_text()
+    assert modelfile.startswith(f"FROM ./cb-test.{kind}.gguf") and 'PARAMETER stop "<end_of_turn>"' in modelfile
+    assert f"FROM {merged.resolve()}" in (tmp_path / "Modelfile.safetensors").read_text()
+    assert json.loads((tmp_path / "export.json").read_text())["quantize"] == kind
+    assert json.loads((tmp_path / "report.json").read_text())["gguf"] == str(gguf)
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(gguf), verbose=False)
+    assert llm.n_vocab() > 500
+
+
+def test_k_quant_reports_agreement(merged: Path, tmp_path: Path) -> None:
+    report = export.run(ExportConfig(model=str(merged), output_dir=str(tmp_path), name="k", quantize="q4_K_M"))
+    assert (tmp_path / "k.q4_K_M.gguf").is_file() and not list(tmp_path.glob(".k.f16*"))
+    assert 0 <= report["parity"]["agreement"] <= 1
+
+
+def test_gemma_without_tokenizer_model(merged: Path, tmp_path: Path) -> None:
+    import shutil
+
+    broken = tmp_path / "merged"
+    shutil.copytree(merged, broken)
+    (broken / "tokenizer.model").unlink()
+    with pytest.raises(ModelError, match="tokenizer.model"):
+        export.run(ExportConfig(model=str(broken), output_dir=str(tmp_path / "out")))
+
+
+def _fake_ollama(folder: Path, record: Path, fail: bool = False) -> None:
+    script = folder / "ollama"
+    script.write_text(f"#!/bin/sh\necho \"$PWD $@\" >> {record}\n" + ("echo 'Error: unauthorized' >&2\nexit 1\n" if fail else ""))
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+
+
+def test_push_with_the_ollama_cli(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "Modelfile").write_text("FROM ./m.gguf\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _fake_ollama(bin_dir, tmp_path / "calls.txt")
+    env_path = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+    monkeypatch.setenv("PATH", env_path)
+    result = run_cli("push", "--output-dir", str(tmp_path / "export"), "--name", "me/cookiebaker-sfw")
+    assert result.returncode == 0, result.stderr
+    calls = (tmp_path / "calls.txt").read_text().splitlines()
+    assert calls == [f"{tmp_path / 'export'} create me/cookiebaker-sfw -f Modelfile",
+                     f"{tmp_path / 'export'} push me/cookiebaker-sfw"]
+    (tmp_path / "calls.txt").unlink()
+    assert run_cli("push", "--output-dir", str(tmp_path / "export"), "--name", "x", "--no-push").returncode == 0
+    assert (tmp_path / "calls.txt").read_text().splitlines() == [f"{tmp_path / 'export'} create x -f Modelfile"]
+    _fake_ollama(bin_dir, tmp_path / "calls.txt", fail=True)
+    result = run_cli("push", "--output-dir", str(tmp_path / "export"), "--name", "x")
+    assert result.returncode == 1 and "unauthorized" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_push_without_ollama(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "Modelfile").write_text("FROM ./m.gguf\n")
+    monkeypatch.setenv("PATH", str(Path(os.__file__).parent))  # no ollama anywhere
+    result = run_cli("push", "--output-dir", str(tmp_path), "--name", "x", "--host", "http://127.0.0.1:9")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "install Ollama" in lines[0] and "ollama serve" in lines[0]
+
+
+def test_push_through_the_rest_api(merged: Path, tmp_path: Path, monkeypatch) -> None:
+    export.run(ExportConfig(model=str(merged), output_dir=str(tmp_path), name="api", check=False))
+    seen: list[tuple[str, str, bytes]] = []
+
+    class FakeOllama(BaseHTTPRequestHandler):
+        def _reply(self, code: int, body: bytes = b"{}") -> None:
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):  # noqa: N802
+            seen.append(("GET", self.path, b""))
+            self._reply(200, b'{"version": "0.9.0"}')
+
+        def do_HEAD(self):  # noqa: N802
+            seen.append(("HEAD", self.path, b""))
+            self.send_response(404)
+            self.end_headers()
+
+        def do_POST(self):  # noqa: N802
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            seen.append(("POST", self.path, body if not self.path.startswith("/api/blobs") else b"<gguf>"))
+            self._reply(201 if self.path.startswith("/api/blobs") else 200)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), FakeOllama)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    from cookiebaker.export import push
+
+    try:
+        steps = push.run(PushConfig(output_dir=str(tmp_path), name="me/api", host=f"127.0.0.1:{server.server_port}"))
+    finally:
+        server.shutdown()
+    assert steps == ["upload api.f16.gguf", "create me/api", "push me/api"]
+    paths = [(method, path.split("sha256:")[0]) for method, path, _ in seen]
+    assert paths == [("GET", "/api/version"), ("HEAD", "/api/blobs/"), ("POST", "/api/blobs/"), ("POST", "/api/create"),
+                     ("POST", "/api/push")]
+    create = json.loads(seen[3][2])
+    assert create["model"] == "me/api" and list(create["files"]) == ["api.f16.gguf"]
+    assert create["parameters"] == {"temperature": 0.7, "top_p": 0.7, "stop": ["<end_of_turn>", "<eos>"]}
+    assert "<start_of_turn>" in create["template"]
+    with pytest.raises(PushError, match="Modelfile is missing"):
+        push.run(PushConfig(output_dir=str(tmp_path / "nothing"), name="x"))
