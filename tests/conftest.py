@@ -102,3 +102,16 @@ def embedded_cache(tmp_path_factory) -> Path:
     cache = tmp_path_factory.mktemp("cache")
     os.environ["COOKIEBAKER_CACHE"] = str(cache)
     return cache
+
+
+@pytest.fixture(scope="session")
+def tiny_merged(tiny_gemma: Path, demo_pairs: Path, tmp_path_factory) -> Path:
+    """The tiny Gemma, trained a few steps on the demo pairs and merged."""
+    from cookiebaker import merge, train
+
+    root = tmp_path_factory.mktemp("tiny_merged")
+    train.run(train.TrainConfig(data=str(demo_pairs), output_dir=str(root / "adapter"), base_model=str(tiny_gemma),
+                                max_steps=8, save_steps=8, warmup_steps=1, learning_rate=3e-3, grad_accum=1,
+                                batch_size=8, report_to=["none"]))
+    merge.run(merge.MergeConfig(adapter=str(root / "adapter"), output=str(root / "merged")))
+    return root / "merged"

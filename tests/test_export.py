@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-from cookiebaker import export, merge, train
+from cookiebaker import export
 from cookiebaker.errors import ModelError
 from cookiebaker.export import ExportConfig
 from cookiebaker.export.modelfile import CHATML, GEMMA, render_modelfile
@@ -19,13 +19,8 @@ from cookiebaker.export.tokenizer_fix import AmbiguousMerges, rewrite_merges
 
 
 @pytest.fixture(scope="module")
-def merged(tiny_gemma: Path, demo_pairs: Path, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("export")
-    train.run(train.TrainConfig(data=str(demo_pairs), output_dir=str(root / "adapter"), base_model=str(tiny_gemma),
-                                max_steps=8, save_steps=8, warmup_steps=1, learning_rate=3e-3, grad_accum=1,
-                                batch_size=8, report_to=["none"]))
-    merge.run(merge.MergeConfig(adapter=str(root / "adapter"), output=str(root / "merged")))
-    return root / "merged"
+def merged(tiny_merged: Path) -> Path:
+    return tiny_merged
 
 
 def _bpe(merges: list) -> dict:

@@ -138,6 +138,21 @@ def _build_parser() -> argparse.ArgumentParser:
     push.add_argument("--host", help="Ollama server for the REST API (default: OLLAMA_HOST or 127.0.0.1:11434)")
     _add_params_option(push)
 
+    serve = commands.add_parser(
+        "serve", help="serve the SFW and NSFW responders over HTTP",
+        description="One HTTP service for both responders: POST /webhook/response routes a client's message by "
+                    "its sfw flag and keeps the chat's history; /api/chat and /api/tags speak Ollama's API and "
+                    "/v1/chat/completions OpenAI's (streaming too), with model names cookiebaker-sfw and "
+                    "cookiebaker-nsfw; /healthz; /metrics (Prometheus). Set COOKIEBAKER_API_KEY to require "
+                    "Authorization: Bearer <key> (required off loopback). A model is a .gguf or export folder "
+                    "(llama.cpp in this process), a merged model folder (transformers), or ollama:NAME.")
+    serve.add_argument("--sfw-model", metavar="REF", help="SFW responder")
+    serve.add_argument("--nsfw-model", metavar="REF", help="NSFW responder")
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.add_argument("--config", dest="params", metavar="FILE",
+                       help="YAML file with a serve: section (default: ./params.yaml when it exists)")
+
     demo = commands.add_parser(
         "demo", help="run the pipeline end to end on built-in sample chats, offline",
         description="Write sample SFW and NSFW Telegram exports (invented people, no real data) into "
@@ -231,6 +246,15 @@ def _run_push(args: argparse.Namespace) -> None:
     print("push: " + "; ".join(steps))
 
 
+def _run_serve(args: argparse.Namespace) -> None:
+    from cookiebaker import serve
+
+    config = build_config(serve.ServeConfig, "serve", read_params(args.params),
+                          _overrides(args, ["sfw_model", "nsfw_model", "host", "port"]))
+    print(f"serving on http://{config.host}:{config.port} (Ctrl-C to stop)", flush=True)
+    serve.run(config)
+
+
 def _run_demo(args: argparse.Namespace) -> None:
     from cookiebaker import demo
 
@@ -238,7 +262,7 @@ def _run_demo(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {"ingest": _run_ingest, "pairs": _run_pairs, "train": _run_train, "merge": _run_merge,
-            "export": _run_export, "push": _run_push, "demo": _run_demo}
+            "export": _run_export, "push": _run_push, "serve": _run_serve, "demo": _run_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,100 @@
+"""Stage ``serve``: the SFW and NSFW responders behind one HTTP service."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import socket
+
+from pydantic import Field, model_validator
+
+from cookiebaker.config import StageConfig
+from cookiebaker.errors import ConfigError
+
+__all__ = ["ServeConfig", "build_app", "run"]
+
+log = logging.getLogger(__name__)
+
+
+class ServeConfig(StageConfig):
+    sfw_model: str | None = None
+    """SFW responder: a .gguf, an export folder, a merged model folder, or ollama:NAME."""
+    nsfw_model: str | None = None
+    """NSFW responder, the same kinds of reference."""
+    host: str = "127.0.0.1"
+    """Address to bind; any non-loopback address needs COOKIEBAKER_API_KEY."""
+    port: int = Field(8000, ge=0, le=65535)
+    """TCP port (0: any free port)."""
+    history_db: str = "serve/history.sqlite3"
+    """SQLite file holding chat history (used unless database_url is set)."""
+    database_url: str | None = None
+    """SQLAlchemy URL of a PostgreSQL database for history, e.g. postgresql+psycopg://user:pw@host/db."""
+    history_turns: int = Field(10, ge=0)
+    """Turns of the chat's history sent as context with each webhook prompt."""
+    max_stored_turns: int = Field(200, ge=2)
+    """Turns kept per client and chat; older ones are deleted."""
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+    """Larger request bodies get 413."""
+    timeout_seconds: float = Field(120, gt=0)
+    """A generation that takes longer gets 504."""
+    queue_size: int = Field(8, ge=1)
+    """Requests per model waiting or generating at once; more get 503."""
+    max_tokens: int = Field(256, ge=1)
+    """Longest reply in tokens, unless a request asks for another."""
+    temperature: float | None = Field(None, ge=0)
+    """Override the Modelfile's temperature for every request."""
+    top_p: float | None = Field(None, gt=0, le=1)
+    """Override the Modelfile's top_p for every request."""
+
+    @model_validator(mode="after")
+    def _check(self) -> ServeConfig:
+        if not self.sfw_model and not self.nsfw_model:
+            raise ValueError("give at least one of 'sfw_model' and 'nsfw_model'")
+        return self
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        try:
+            return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+        except OSError:
+            return False
+
+
+def build_app(config: ServeConfig, backends: dict | None = None):  # noqa: ANN201
+    """The FastAPI app for a config; ``backends`` (name → Backend) replaces loading the models (tests)."""
+    from cookiebaker.serve.app import NSFW, SFW, create_app
+    from cookiebaker.serve.backends import open_backend
+    from cookiebaker.serve.history import HistoryStore
+
+    if backends is None:
+        references = {SFW: config.sfw_model, NSFW: config.nsfw_model}
+        backends = {}
+        for name, reference in references.items():
+            if reference:
+                backends[name] = backends.get(reference) or open_backend(reference)
+                log.info("%s → %s", name, backends[name].description)
+    samplings = {name: getattr(backend, "default", None) for name, backend in backends.items()}
+    from cookiebaker.serve.backends import Sampling
+
+    samplings = {name: (s or Sampling()).merged(max_tokens=config.max_tokens, temperature=config.temperature,
+                                                 top_p=config.top_p) for name, s in samplings.items()}
+    store = HistoryStore(config.database_url or config.history_db, config.max_stored_turns)
+    return create_app(backends=backends, samplings=samplings, store=store, history_turns=config.history_turns,
+                      api_key=os.environ.get("COOKIEBAKER_API_KEY") or None, max_body_bytes=config.max_body_bytes,
+                      queue_size=config.queue_size, timeout=config.timeout_seconds)
+
+
+def run(config: ServeConfig) -> None:
+    if not is_loopback(config.host) and not os.environ.get("COOKIEBAKER_API_KEY"):
+        raise ConfigError(f"refusing to serve on {config.host} without an API key: set COOKIEBAKER_API_KEY "
+                          "(clients then send Authorization: Bearer <key>) or bind 127.0.0.1")
+    import uvicorn
+
+    app = build_app(config)
+    uvicorn.run(app, host=config.host, port=config.port, log_level="warning", access_log=False)

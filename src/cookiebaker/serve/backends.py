@@ -1,0 +1,229 @@
+"""Responder backends: a GGUF in-process (llama-cpp-python), a merged model (transformers), or Ollama."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import threading
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cookiebaker.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+
+class BackendUnavailable(Exception):
+    """The backend cannot answer now (server down, model missing)."""
+
+
+@dataclass
+class Sampling:
+    temperature: float = 0.7
+    top_p: float = 0.7
+    stop: list[str] = field(default_factory=list)
+    max_tokens: int = 256
+    system: str | None = None
+
+    def merged(self, **overrides: object) -> Sampling:
+        values = {k: v for k, v in overrides.items() if v is not None}
+        return Sampling(**{**self.__dict__, **values})
+
+
+def sampling_from_modelfile(path: Path) -> Sampling:
+    """temperature, top_p, stops and SYSTEM of an exported Modelfile."""
+    text = path.read_text(encoding="utf-8")
+    sampling = Sampling(stop=[])
+    for name, value in re.findall(r"^PARAMETER (\w+) (.+)$", text, re.M):
+        if name == "stop":
+            sampling.stop.append(json.loads(value) if value.startswith('"') else value)
+        elif name in ("temperature", "top_p"):
+            setattr(sampling, name, float(value))
+        elif name == "num_predict":
+            sampling.max_tokens = int(value)
+    system = re.search(r'^SYSTEM """(.*?)"""', text, re.M | re.S)
+    sampling.system = system.group(1) if system else None
+    return sampling
+
+
+class Backend:
+    """Generates a reply to chat messages; ``stream`` yields pieces of text."""
+
+    description = "backend"
+
+    async def complete(self, messages: list[dict], sampling: Sampling) -> str:
+        return "".join([piece async for piece in self.stream(messages, sampling)])
+
+    async def stream(self, messages: list[dict], sampling: Sampling) -> AsyncIterator[str]:
+        raise NotImplementedError
+        yield ""  # pragma: no cover
+
+    async def check(self) -> None:
+        """Raise BackendUnavailable when the backend cannot answer."""
+
+    def close(self) -> None:
+        pass
+
+
+def _with_system(messages: list[dict], sampling: Sampling) -> list[dict]:
+    if sampling.system and not any(m["role"] == "system" for m in messages):
+        return [{"role": "system", "content": sampling.system}, *messages]
+    return messages
+
+
+async def _iterate_in_thread(make_iterator) -> AsyncIterator[str]:  # noqa: ANN001
+    """Run a blocking generator in a worker thread, handing its items to the event loop."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in make_iterator():
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+        except BaseException as exc:  # noqa: BLE001 (handed over to the consumer)
+            loop.call_soon_threadsafe(queue.put_nowait, exc)
+        loop.call_soon_threadsafe(queue.put_nowait, done)
+
+    threading.Thread(target=produce, daemon=True).start()
+    while True:
+        item = await queue.get()
+        if item is done:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+class LlamaCppBackend(Backend):
+    """A GGUF served in this process by llama-cpp-python, the engine Ollama uses."""
+
+    def __init__(self, gguf: Path, sampling: Sampling, n_ctx: int = 4096) -> None:
+        from llama_cpp import Llama
+
+        self.description = f"gguf:{gguf.name}"
+        self.llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=os.cpu_count() or 2, verbose=False)
+        self.lock = threading.Lock()  # one generation at a time per model: llama.cpp contexts are not thread-safe
+        self.default = sampling
+
+    async def stream(self, messages: list[dict], sampling: Sampling) -> AsyncIterator[str]:
+        def generate() -> Iterator[str]:
+            with self.lock:
+                chunks = self.llm.create_chat_completion(
+                    messages=_with_system(messages, sampling), temperature=sampling.temperature,
+                    top_p=sampling.top_p, stop=sampling.stop or None, max_tokens=sampling.max_tokens, stream=True)
+                for chunk in chunks:
+                    piece = chunk["choices"][0]["delta"].get("content")
+                    if piece:
+                        yield piece
+
+        async for piece in _iterate_in_thread(generate):
+            yield piece
+
+
+class TransformersBackend(Backend):
+    """A merged Hugging Face model folder served by transformers."""
+
+    def __init__(self, folder: Path, sampling: Sampling) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.description = f"transformers:{folder.name}"
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        self.lock = threading.Lock()
+        self.default = sampling
+
+    async def stream(self, messages: list[dict], sampling: Sampling) -> AsyncIterator[str]:
+        from transformers import TextIteratorStreamer
+
+        def generate() -> Iterator[str]:
+            with self.lock:
+                ids = self.tokenizer.apply_chat_template(_with_system(messages, sampling), add_generation_prompt=True,
+                                                         return_tensors="pt", return_dict=True)
+                streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+                kwargs = {**ids, "max_new_tokens": sampling.max_tokens, "streamer": streamer,
+                          "do_sample": sampling.temperature > 0, "pad_token_id": self.tokenizer.eos_token_id}
+                if sampling.temperature > 0:
+                    kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p)
+                if sampling.stop:
+                    kwargs.update(stop_strings=sampling.stop, tokenizer=self.tokenizer)
+                worker = threading.Thread(target=self.model.generate, kwargs=kwargs, daemon=True)
+                worker.start()
+                text = ""
+                for piece in streamer:
+                    text += piece
+                    yield piece
+                worker.join()
+
+        async for piece in _iterate_in_thread(generate):
+            yield piece
+
+
+class OllamaBackend(Backend):
+    """A model in an Ollama server (OLLAMA_HOST)."""
+
+    def __init__(self, name: str, sampling: Sampling, host: str | None = None, timeout: float = 300) -> None:
+        import httpx
+
+        host = host or os.environ.get("OLLAMA_HOST") or "http://127.0.0.1:11434"
+        self.host = host if host.startswith("http") else f"http://{host}"
+        self.name = name
+        self.description = f"ollama:{name}"
+        self.client = httpx.AsyncClient(base_url=self.host, timeout=timeout)
+        self.default = sampling
+
+    async def stream(self, messages: list[dict], sampling: Sampling) -> AsyncIterator[str]:
+        import httpx
+
+        options = {"temperature": sampling.temperature, "top_p": sampling.top_p, "num_predict": sampling.max_tokens}
+        if sampling.stop:
+            options["stop"] = sampling.stop
+        body = {"model": self.name, "messages": messages, "stream": True, "options": options}
+        try:
+            async with self.client.stream("POST", "/api/chat", json=body) as response:
+                if response.status_code == 404:
+                    raise BackendUnavailable(f"Ollama at {self.host} has no model {self.name}")
+                response.raise_for_status()
+                async for line in response.aiter_lines():
+                    if line.strip():
+                        piece = json.loads(line).get("message", {}).get("content")
+                        if piece:
+                            yield piece
+        except httpx.HTTPError as exc:
+            raise BackendUnavailable(f"Ollama at {self.host} is not answering ({type(exc).__name__})") from None
+
+    async def check(self) -> None:
+        import httpx
+
+        try:
+            (await self.client.get("/api/version")).raise_for_status()
+        except httpx.HTTPError:
+            raise BackendUnavailable(f"Ollama at {self.host} is not answering") from None
+
+
+def open_backend(reference: str) -> Backend:
+    """``ollama:NAME``, a GGUF file, an export folder (GGUF + Modelfile) or a merged model folder."""
+    if reference.startswith("ollama:"):
+        return OllamaBackend(reference.removeprefix("ollama:"), Sampling())
+    path = Path(reference).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        modelfile = path.parent / "Modelfile"
+        return LlamaCppBackend(path, sampling_from_modelfile(modelfile) if modelfile.is_file() else Sampling())
+    if path.is_dir():
+        ggufs = sorted(path.glob("*.gguf"))
+        if ggufs:
+            modelfile = path / "Modelfile"
+            chosen = ggufs[0]
+            if modelfile.is_file():
+                named = re.search(r"^FROM \./(.+\.gguf)$", modelfile.read_text(), re.M)
+                chosen = path / named.group(1) if named else chosen
+            return LlamaCppBackend(chosen, sampling_from_modelfile(modelfile) if modelfile.is_file() else Sampling())
+        if (path / "config.json").is_file():
+            return TransformersBackend(path, Sampling())
+    raise ModelError(f"model '{reference}' is neither ollama:NAME, a .gguf file, an export folder nor a merged "
+                     "model folder")

@@ -1,0 +1,63 @@
+"""Chat history per (client_name, chat_id): SQLite by default, PostgreSQL with a database URL (SQLAlchemy)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sqlalchemy import DateTime, Index, Integer, String, Text, create_engine, delete, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class Turn(_Base):
+    __tablename__ = "cookiebaker_turns"
+    __table_args__ = (Index("ix_turns_client_chat_id", "client_name", "chat_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    client_name: Mapped[str] = mapped_column(String(200))
+    chat_id: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(16))
+    content: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True),
+                                                 default=lambda: datetime.now(timezone.utc))
+
+
+class HistoryStore:
+    """Bounded history: at most ``max_turns_stored`` turns are kept per client and chat."""
+
+    def __init__(self, url: str, max_turns_stored: int = 200) -> None:
+        if "://" not in url:
+            Path(url).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            url = f"sqlite:///{Path(url).expanduser()}"
+        self.url = url
+        self.max_turns_stored = max_turns_stored
+        self.engine = create_engine(url, pool_pre_ping=True)
+        _Base.metadata.create_all(self.engine)
+
+    def recent(self, client_name: str, chat_id: str, limit: int) -> list[dict[str, str]]:
+        if limit <= 0:
+            return []
+        with Session(self.engine) as session:
+            rows = session.scalars(
+                select(Turn).where(Turn.client_name == client_name, Turn.chat_id == chat_id)
+                .order_by(Turn.id.desc()).limit(limit)
+            ).all()
+        return [{"role": row.role, "content": row.content} for row in reversed(rows)]
+
+    def add(self, client_name: str, chat_id: str, turns: list[dict[str, str]]) -> None:
+        with Session(self.engine) as session, session.begin():
+            session.add_all(Turn(client_name=client_name, chat_id=chat_id, role=t["role"], content=t["content"])
+                            for t in turns)
+            session.flush()
+            keep = select(Turn.id).where(Turn.client_name == client_name, Turn.chat_id == chat_id) \
+                .order_by(Turn.id.desc()).limit(self.max_turns_stored).scalar_subquery()
+            oldest_kept = select(Turn.id).where(Turn.id.in_(keep)).order_by(Turn.id).limit(1).scalar_subquery()
+            session.execute(delete(Turn).where(Turn.client_name == client_name, Turn.chat_id == chat_id,
+                                               Turn.id < oldest_kept))
+
+    def close(self) -> None:
+        self.engine.dispose()

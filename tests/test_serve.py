@@ -1,0 +1,221 @@
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from cookiebaker.errors import ConfigError
+from cookiebaker.serve import ServeConfig, build_app, run
+from cookiebaker.serve.backends import Backend, BackendUnavailable, Sampling, sampling_from_modelfile
+
+
+class Echo(Backend):
+    """Deterministic: replies '[n] <last user text>' in two pieces, n = messages it was given."""
+
+    description = "echo"
+
+    def __init__(self, delay: float = 0.0, down: bool = False) -> None:
+        self.delay, self.down = delay, down
+        self.seen: list[list[dict]] = []
+        self.default = Sampling(temperature=0.7, top_p=0.7, stop=["<end_of_turn>"])
+
+    async def stream(self, messages, sampling):  # noqa: ANN001, ANN201
+        if self.down:
+            raise BackendUnavailable("the echo backend is down")
+        self.seen.append(messages)
+        await asyncio.sleep(self.delay)
+        yield f"[{len(messages)}] "
+        yield messages[-1]["content"]
+
+    async def check(self) -> None:
+        if self.down:
+            raise BackendUnavailable("the echo backend is down")
+
+
+def make_app(tmp_path: Path, **options):  # noqa: ANN201
+    sfw, nsfw = options.pop("sfw", Echo()), options.pop("nsfw", Echo())
+    config = ServeConfig(sfw_model="x", nsfw_model="y", history_db=str(tmp_path / "h.sqlite3"), **options)
+    return build_app(config, backends={"cookiebaker-sfw": sfw, "cookiebaker-nsfw": nsfw}), sfw, nsfw
+
+
+def test_webhook_routes_by_sfw_and_keeps_history(tmp_path: Path) -> None:
+    app, sfw, nsfw = make_app(tmp_path, history_turns=4)
+    client = TestClient(app)
+    first = client.post("/webhook/response", json={"prompt": "hi", "chat_id": 1, "sender_name": "Ann",
+                                                   "client_name": "bot1"})
+    assert first.status_code == 200
+    assert first.json() == {"response": "[1] hi", "command": "", "model": "cookiebaker-sfw"}
+    second = client.post("/webhook/response", json={"prompt": "again", "chat_id": 1, "client_name": "bot1", "sfw": True})
+    assert second.json()["response"] == "[3] again"
+    assert sfw.seen[-1][:2] == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "[1] hi"}]
+    crude = client.post("/webhook/response", json={"prompt": "oi", "chat_id": 1, "client_name": "bot1", "sfw": False})
+    assert crude.json()["model"] == "cookiebaker-nsfw" and len(nsfw.seen) == 1
+    # Another client with the same chat id sees none of it.
+    other = client.post("/webhook/response", json={"prompt": "hello", "chat_id": 1, "client_name": "bot2"})
+    assert other.json()["response"] == "[1] hello"
+    for _ in range(5):
+        client.post("/webhook/response", json={"prompt": "more", "chat_id": 1, "client_name": "bot1"})
+    assert len(sfw.seen[-1]) == 5  # the last 4 turns + the new prompt
+
+
+def test_history_survives_a_restart(tmp_path: Path) -> None:
+    app, _, _ = make_app(tmp_path)
+    TestClient(app).post("/webhook/response", json={"prompt": "remember me", "chat_id": "c", "client_name": "k"})
+    app, sfw, _ = make_app(tmp_path)
+    TestClient(app).post("/webhook/response", json={"prompt": "well?", "chat_id": "c", "client_name": "k"})
+    assert sfw.seen[0][0] == {"role": "user", "content": "remember me"}
+
+
+def test_history_is_bounded(tmp_path: Path) -> None:
+    app, _, _ = make_app(tmp_path, max_stored_turns=4)
+    client = TestClient(app)
+    for i in range(6):
+        client.post("/webhook/response", json={"prompt": f"p{i}", "chat_id": "c"})
+    assert len(app.state.store.recent("default", "c", 100)) == 4
+
+
+@pytest.mark.parametrize(("body", "status"), [
+    (b"{not json", 400), (b"[1, 2]", 400), (json.dumps({"chat_id": 1}).encode(), 422),
+    (json.dumps({"prompt": "x"}).encode(), 422), (json.dumps({"prompt": "x", "chat_id": 1, "sfw": "yes"}).encode(), 422),
+])
+def test_webhook_rejects_bad_bodies(tmp_path: Path, body: bytes, status: int) -> None:
+    app, _, _ = make_app(tmp_path)
+    response = TestClient(app).post("/webhook/response", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == status and "error" in response.json()
+
+
+def test_body_limit_auth_and_health(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("COOKIEBAKER_API_KEY", "s3cret")
+    app, _, _ = make_app(tmp_path, max_body_bytes=2048)
+    client = TestClient(app)
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/api/tags").status_code == 401
+    assert client.post("/webhook/response", json={"prompt": "x", "chat_id": 1}).status_code == 401
+    auth = {"Authorization": "Bearer s3cret"}
+    assert client.post("/webhook/response", json={"prompt": "x", "chat_id": 1}, headers=auth).status_code == 200
+    big = client.post("/webhook/response", json={"prompt": "x" * 5000, "chat_id": 1}, headers=auth)
+    assert big.status_code == 413
+    metrics = client.get("/metrics", headers=auth)
+    assert metrics.status_code == 200 and "cookiebaker_requests_total" in metrics.text
+
+
+def test_non_loopback_needs_a_key(monkeypatch) -> None:
+    monkeypatch.delenv("COOKIEBAKER_API_KEY", raising=False)
+    with pytest.raises(ConfigError, match="COOKIEBAKER_API_KEY"):
+        run(ServeConfig(sfw_model="x", host="0.0.0.0"))
+
+
+def test_ollama_api(tmp_path: Path) -> None:
+    app, _, _ = make_app(tmp_path)
+    client = TestClient(app)
+    names = [m["name"] for m in client.get("/api/tags").json()["models"]]
+    assert names == ["cookiebaker-sfw", "cookiebaker-nsfw"]
+    body = {"model": "cookiebaker-nsfw", "messages": [{"role": "user", "content": "yo"}], "stream": False}
+    reply = client.post("/api/chat", json=body).json()
+    assert reply["message"] == {"role": "assistant", "content": "[1] yo"} and reply["done"] is True
+    with client.stream("POST", "/api/chat", json={**body, "stream": True}) as response:
+        lines = [json.loads(line) for line in response.iter_lines() if line]
+    assert "".join(line["message"]["content"] for line in lines) == "[1] yo" and lines[-1]["done"] is True
+    assert client.post("/api/chat", json={**body, "model": "llama3"}).status_code == 404
+    assert client.post("/api/chat", json={**body, "messages": []}).status_code == 400
+
+
+def test_openai_api(tmp_path: Path) -> None:
+    app, _, _ = make_app(tmp_path)
+    client = TestClient(app)
+    body = {"model": "cookiebaker-sfw", "messages": [{"role": "user", "content": "hey"}]}
+    reply = client.post("/v1/chat/completions", json=body).json()
+    assert reply["object"] == "chat.completion" and reply["choices"][0]["message"]["content"] == "[1] hey"
+    with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as response:
+        events = [line.removeprefix("data: ") for line in response.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == "[1] hey"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["cookiebaker-sfw", "cookiebaker-nsfw"]
+
+
+def test_openai_client_library(tmp_path: Path) -> None:
+    """The official OpenAI client talks to the service unchanged."""
+    import openai
+
+    app, _, _ = make_app(tmp_path)
+    client = openai.OpenAI(api_key="unused", base_url="http://testserver/v1", http_client=TestClient(app))
+    reply = client.chat.completions.create(model="cookiebaker-sfw", messages=[{"role": "user", "content": "hi"}])
+    assert reply.choices[0].message.content == "[1] hi"
+
+
+def test_backend_down_and_timeout(tmp_path: Path) -> None:
+    app, _, _ = make_app(tmp_path, sfw=Echo(down=True), nsfw=Echo(delay=2.0), timeout_seconds=0.3)
+    client = TestClient(app)
+    down = client.post("/webhook/response", json={"prompt": "x", "chat_id": 1})
+    assert down.status_code == 503 and "down" in down.json()["error"]
+    stream = client.post("/api/chat", json={"model": "cookiebaker-sfw", "messages": [{"role": "user", "content": "x"}]})
+    assert stream.status_code == 503
+    slow = client.post("/webhook/response", json={"prompt": "x", "chat_id": 1, "sfw": False})
+    assert slow.status_code == 504
+
+
+async def _many_clients(app, n: int) -> list[httpx.Response]:  # noqa: ANN001
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async def one(i: int) -> httpx.Response:
+            await client.post("/webhook/response", json={"prompt": f"first {i}", "chat_id": "shared",
+                                                         "client_name": f"client{i}"})
+            return await client.post("/webhook/response", json={"prompt": f"second {i}", "chat_id": "shared",
+                                                                "client_name": f"client{i}"})
+        return await asyncio.gather(*(one(i) for i in range(n)))
+
+
+def test_concurrent_clients_never_share_history(tmp_path: Path) -> None:
+    app, sfw, _ = make_app(tmp_path, sfw=Echo(delay=0.01), queue_size=64)
+    responses = asyncio.run(_many_clients(app, 20))
+    assert all(r.status_code == 200 for r in responses)
+    assert sorted(r.json()["response"] for r in responses) == sorted(f"[3] second {i}" for i in range(20))
+    for messages in sfw.seen:
+        numbers = {m["content"].split()[-1] for m in messages}
+        assert len(numbers) == 1  # one client's turns only
+
+
+def test_queue_is_bounded(tmp_path: Path) -> None:
+    app, _, _ = make_app(tmp_path, sfw=Echo(delay=0.3), queue_size=2)
+
+    async def burst() -> list[int]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            responses = await asyncio.gather(*(client.post("/webhook/response", json={"prompt": "x", "chat_id": i})
+                                               for i in range(5)))
+        return [r.status_code for r in responses]
+
+    codes = asyncio.run(burst())
+    assert codes.count(200) == 2 and codes.count(503) == 3
+
+
+def test_modelfile_sampling(tmp_path: Path) -> None:
+    (tmp_path / "Modelfile").write_text('FROM ./m.gguf\nSYSTEM """Be kind."""\nPARAMETER temperature 0.5\n'
+                                        'PARAMETER top_p 0.9\nPARAMETER stop "<end_of_turn>"\nPARAMETER stop "<eos>"\n')
+    sampling = sampling_from_modelfile(tmp_path / "Modelfile")
+    assert (sampling.temperature, sampling.top_p, sampling.stop, sampling.system) == (0.5, 0.9, ["<end_of_turn>", "<eos>"],
+                                                                                     "Be kind.")
+
+
+def test_a_real_gguf_end_to_end(tiny_merged: Path, tmp_path: Path) -> None:
+    from cookiebaker import export
+
+    export.run(export.ExportConfig(model=str(tiny_merged), output_dir=str(tmp_path / "gguf"), name="t", check=False))
+    config = ServeConfig(sfw_model=str(tmp_path / "gguf"), nsfw_model=str(tmp_path / "gguf" / "t.f16.gguf"),
+                         history_db=str(tmp_path / "h.sqlite3"), max_tokens=8)
+    client = TestClient(build_app(config))
+    health = client.get("/healthz").json()
+    assert health["models"] == {"cookiebaker-sfw": "gguf:t.f16.gguf", "cookiebaker-nsfw": "gguf:t.f16.gguf"}
+    reply = client.post("/webhook/response", json={"prompt": "pizza tonight?", "chat_id": 7})
+    assert reply.status_code == 200 and reply.json()["model"] == "cookiebaker-sfw"
+    assert isinstance(reply.json()["response"], str)
+    body = {"model": "cookiebaker-nsfw", "messages": [{"role": "user", "content": "bring snacks"}], "stream": True}
+    with client.stream("POST", "/v1/chat/completions", json=body) as response:
+        assert response.status_code == 200
+        assert [line for line in response.iter_lines() if line.startswith("data: ")][-1] == "data: [DONE]"
