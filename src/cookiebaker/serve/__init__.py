@@ -29,7 +29,8 @@ class ServeConfig(StageConfig):
     history_db: str = "serve/history.sqlite3"
     """SQLite file holding chat history (used unless database_url is set)."""
     database_url: str | None = None
-    """SQLAlchemy URL of a PostgreSQL database for history, e.g. postgresql+psycopg://user:pw@host/db."""
+    """SQLAlchemy URL of a PostgreSQL database for history, e.g. postgresql+psycopg://user:pw@host/db
+    (default: the COOKIEBAKER_DATABASE_URL environment variable, so passwords stay out of config files)."""
     history_turns: int = Field(10, ge=0)
     """Turns of the chat's history sent as context with each webhook prompt."""
     max_stored_turns: int = Field(200, ge=2)
@@ -84,7 +85,8 @@ def build_app(config: ServeConfig, backends: dict | None = None):  # noqa: ANN20
 
     samplings = {name: (s or Sampling()).merged(max_tokens=config.max_tokens, temperature=config.temperature,
                                                  top_p=config.top_p) for name, s in samplings.items()}
-    store = HistoryStore(config.database_url or config.history_db, config.max_stored_turns)
+    database = config.database_url or os.environ.get("COOKIEBAKER_DATABASE_URL") or config.history_db
+    store = HistoryStore(database, config.max_stored_turns)
     return create_app(backends=backends, samplings=samplings, store=store, history_turns=config.history_turns,
                       api_key=os.environ.get("COOKIEBAKER_API_KEY") or None, max_body_bytes=config.max_body_bytes,
                       queue_size=config.queue_size, timeout=config.timeout_seconds)

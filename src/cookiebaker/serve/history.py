@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import DateTime, Index, Integer, String, Text, create_engine, delete, select
+from sqlalchemy import DateTime, Index, Integer, String, Text, create_engine, delete, event, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 
@@ -26,6 +26,15 @@ class Turn(_Base):
                                                  default=lambda: datetime.now(timezone.utc))
 
 
+def _sqlite_pragmas(connection, _record) -> None:  # noqa: ANN001
+    """Write-ahead logging: readers do not wait for writers, and a commit costs one fsync of the log."""
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
 class HistoryStore:
     """Bounded history: at most ``max_turns_stored`` turns are kept per client and chat."""
 
@@ -36,6 +45,8 @@ class HistoryStore:
         self.url = url
         self.max_turns_stored = max_turns_stored
         self.engine = create_engine(url, pool_pre_ping=True)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
         _Base.metadata.create_all(self.engine)
 
     def recent(self, client_name: str, chat_id: str, limit: int) -> list[dict[str, str]]:

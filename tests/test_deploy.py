@@ -1,0 +1,58 @@
+"""Deployment files: the compose file validates, the n8n workflow has the product's shape."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+import yaml
+from conftest import REPO
+
+
+def test_compose_file_validates() -> None:
+    compose = shutil.which("docker-compose")
+    if compose is None:
+        if os.environ.get("CI"):
+            pytest.fail("docker-compose is missing: .ci/run installs Debian's docker-compose package")
+        pytest.skip("docker-compose (Debian package) is not installed")
+    env = {**os.environ, "COOKIEBAKER_API_KEY": "test-key"}
+    result = subprocess.run([compose, "-f", str(REPO / "docker-compose.yml"), "config"], capture_output=True,
+                            text=True, env=env, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load(result.stdout)
+    services = config["services"]
+    assert {"ollama", "models", "postgres", "cookiebaker", "n8n"} <= set(services)
+    assert services["n8n"]["profiles"] == ["n8n"]
+    command = services["cookiebaker"]["command"]
+    assert "ollama:cookiebaker-sfw" in command and "ollama:cookiebaker-nsfw" in command
+    assert "postgresql+psycopg://" in services["cookiebaker"]["environment"]["COOKIEBAKER_DATABASE_URL"]
+    without_key = subprocess.run([compose, "-f", str(REPO / "docker-compose.yml"), "config"], capture_output=True,
+                                 text=True, env={k: v for k, v in os.environ.items() if k != "COOKIEBAKER_API_KEY"},
+                                 cwd=REPO)
+    assert without_key.returncode != 0 and "COOKIEBAKER_API_KEY" in without_key.stderr
+
+
+def test_n8n_workflow_structure() -> None:
+    workflow = json.loads((REPO / "n8n" / "cookiebaker.json").read_text())
+    nodes = {node["name"]: node for node in workflow["nodes"]}
+    webhook = nodes["Webhook"]
+    assert webhook["type"] == "n8n-nodes-base.webhook" and webhook["parameters"]["httpMethod"] == "POST"
+    assert webhook["parameters"]["path"] == "response" and webhook["parameters"]["responseMode"] == "responseNode"
+    condition = nodes["IF sfw"]["parameters"]["conditions"]["conditions"][0]
+    assert "body.sfw" in condition["leftValue"] and condition["operator"]["operation"] == "notEquals"
+    for label, model in (("SFW", "cookiebaker-sfw"), ("NSFW", "cookiebaker-nsfw")):
+        assert nodes[f"{label} chat model"]["type"] == "@n8n/n8n-nodes-langchain.lmChatOllama"
+        assert nodes[f"{label} chat model"]["parameters"]["model"] == model
+        assert nodes[f"{label} responder"]["type"] == "@n8n/n8n-nodes-langchain.chainLlm"
+        body = nodes[f"Respond {label}"]["parameters"]["responseBody"]
+        assert "response:" in body and "command: ''" in body and model in body
+    connections = workflow["connections"]
+    for source, outputs in connections.items():
+        assert source in nodes
+        for branch in next(iter(outputs.values())):
+            assert all(target["node"] in nodes for target in branch)
+    assert [b[0]["node"] for b in connections["IF sfw"]["main"]] == ["SFW responder", "NSFW responder"]
+    assert len({node["id"] for node in workflow["nodes"]}) == len(workflow["nodes"])
