@@ -219,3 +219,51 @@ def test_a_real_gguf_end_to_end(tiny_merged: Path, tmp_path: Path) -> None:
     with client.stream("POST", "/v1/chat/completions", json=body) as response:
         assert response.status_code == 200
         assert [line for line in response.iter_lines() if line.startswith("data: ")][-1] == "data: [DONE]"
+
+
+def test_ollama_backend_against_a_fake_ollama(tmp_path: Path, monkeypatch) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[dict] = []
+
+    class FakeOllama(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b'{"version": "0.9.0"}')
+
+        def do_POST(self):  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append(body)
+            if body["model"] != "cookiebaker-sfw":
+                self.send_response(404)
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.end_headers()
+            for piece in ("Hel", "lo"):
+                self.wfile.write((json.dumps({"message": {"role": "assistant", "content": piece}, "done": False})
+                                  + "\n").encode())
+            self.wfile.write(b'{"done": true}\n')
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeOllama)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("OLLAMA_HOST", f"127.0.0.1:{server.server_port}")
+    try:
+        config = ServeConfig(sfw_model="ollama:cookiebaker-sfw", nsfw_model="ollama:missing",
+                             history_db=str(tmp_path / "h.sqlite3"), timeout_seconds=10)
+        client = TestClient(build_app(config))
+        reply = client.post("/webhook/response", json={"prompt": "hi", "chat_id": 1})
+        assert reply.status_code == 200 and reply.json()["response"] == "Hello"
+        assert seen[0]["messages"] == [{"role": "user", "content": "hi"}] and seen[0]["options"]["temperature"] == 0.7
+        missing = client.post("/webhook/response", json={"prompt": "hi", "chat_id": 1, "sfw": False})
+        assert missing.status_code == 503 and "no model missing" in missing.json()["error"]
+    finally:
+        server.shutdown()
+        server.server_close()
+    down = TestClient(build_app(config)).post("/webhook/response", json={"prompt": "hi", "chat_id": 2})
+    assert down.status_code == 503 and "not answering" in down.json()["error"]
