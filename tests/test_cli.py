@@ -76,11 +76,31 @@ def test_bad_input_is_one_line_without_traceback(tmp_path: Path, args: list[str]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.parquet")]
 
 
-def test_demo(tmp_path: Path) -> None:
-    result = run_cli("demo", "--workdir", str(tmp_path / "demo"))
-    assert result.returncode == 0, result.stderr
+def test_demo_quick_runs_the_whole_chain(tmp_path: Path, embedded_cache: Path) -> None:
+    result = run_cli("demo", "--workdir", str(tmp_path / "demo"), "--quick")
+    assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     for label in ("SFW", "NSFW"):
-        assert summary[label]["pairs"] > 100
-        assert pl.read_parquet(summary[label]["pairs_table"]).height == summary[label]["pairs"]
-    assert "training pairs" in result.stdout
+        entry = summary[label]
+        assert set(entry) >= {"eval_loss_before", "eval_loss_after", "gguf", "reply", "pairs", "train_seconds"}
+        assert entry["pairs"] > 30 and Path(entry["gguf"]).is_file() and entry["gguf"].endswith(".q8_0.gguf")
+        assert isinstance(entry["reply"], str) and entry["reply"].strip()
+        assert entry["eval_loss_after"] < entry["eval_loss_before"]
+    assert "cookiebaker serve --sfw-model" in result.stdout and "ollama create" in result.stdout
+    # A second run reuses every finished stage.
+    before = (tmp_path / "demo" / "models" / "SFW" / "metrics.json").stat().st_mtime
+    again = run_cli("demo", "--workdir", str(tmp_path / "demo"), "--quick")
+    assert again.returncode == 0
+    assert (tmp_path / "demo" / "models" / "SFW" / "metrics.json").stat().st_mtime == before
+
+
+@pytest.mark.slow
+def test_full_demo(tmp_path: Path, embedded_cache: Path) -> None:
+    """The README's main job, end to end, as a user runs it (the integration test of the whole chain)."""
+    result = run_cli("demo", "--workdir", str(tmp_path / "demo"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert summary["total_seconds"] < 15 * 60
+    for label in ("SFW", "NSFW"):
+        assert summary[label]["eval_loss_after"] < summary[label]["eval_loss_before"]
+        assert summary[label]["reply"].strip()

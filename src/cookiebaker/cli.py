@@ -153,11 +153,21 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", dest="params", metavar="FILE",
                        help="YAML file with a serve: section (default: ./params.yaml when it exists)")
 
+    report = commands.add_parser(
+        "report", help="draw PNG charts of the datasets and of training",
+        description="Charts in <workdir>/reports: messages per chat and per sender, reply and burst statistics, "
+                    "what was dropped and why, sample lengths in tokens, and the train/eval loss curves.")
+    report.add_argument("--workdir", default=".", help="project folder with data/, models/ and reports/ (default .)")
+    report.add_argument("--tokenizer", help="model folder whose tokenizer measures sample lengths")
+
     demo = commands.add_parser(
         "demo", help="run the pipeline end to end on built-in sample chats, offline",
         description="Write sample SFW and NSFW Telegram exports (invented people, no real data) into "
-                    "WORKDIR/data and run the pipeline's stages on them with the real code paths.")
+                    "WORKDIR/data and run the whole chain on them with the real stages: ingest, pairs, train on the "
+                    "embedded SmolLM2-135M (a short CPU schedule), merge, export to GGUF checked in llama.cpp, and "
+                    "the service, asked once per route. Finished stages are reused when run again.")
     demo.add_argument("--workdir", default="demo", help="where the demo writes everything (default: ./demo)")
+    demo.add_argument("--quick", action="store_true", help="a minimal run (tiny chats, two training steps)")
     return parser
 
 
@@ -255,14 +265,24 @@ def _run_serve(args: argparse.Namespace) -> None:
     serve.run(config)
 
 
+def _run_report(args: argparse.Namespace) -> None:
+    from cookiebaker import report
+
+    written = report.run(report.ReportConfig(workdir=args.workdir, tokenizer=args.tokenizer))
+    print(f"report: {len(written)} charts")
+    for path in written:
+        print(f"  {path}")
+
+
 def _run_demo(args: argparse.Namespace) -> None:
     from cookiebaker import demo
 
-    demo.run(demo.DemoConfig(workdir=args.workdir))
+    demo.run(demo.DemoConfig(workdir=args.workdir, quick=args.quick))
 
 
 COMMANDS = {"ingest": _run_ingest, "pairs": _run_pairs, "train": _run_train, "merge": _run_merge,
-            "export": _run_export, "push": _run_push, "serve": _run_serve, "demo": _run_demo}
+            "export": _run_export, "push": _run_push, "serve": _run_serve, "report": _run_report,
+            "demo": _run_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -109,17 +109,28 @@ def build_chat(name: str, chat_id: int, members: list[str], scripts: list[list[t
         roll = rng.random()
         t += timedelta(seconds=rng.randint(30, 300))
         who, who_id = rng.choice(people)
+        other, other_id = rng.choice([p for p in people if p[1] != who_id])
         if roll < 0.15:
-            add({"from": who, "from_id": who_id, "forwarded_from": "Daily Deals Channel",
-                 "forwarded_from_id": "channel1900000001", **_text_fields("50% off all kitchen gadgets today")}, t)
+            forward = add({"from": who, "from_id": who_id, "forwarded_from": "Daily Deals Channel",
+                           "forwarded_from_id": "channel1900000001",
+                           **_text_fields("50% off all kitchen gadgets today")}, t)
+            if rng.random() < 0.5:  # a reply to a forward: no training pair (the query is not the group's words)
+                t += timedelta(seconds=rng.randint(20, 120))
+                add({"from": other, "from_id": other_id, "reply_to_message_id": forward,
+                     **_text_fields("ooh I need a new kettle")}, t)
         elif roll < 0.25:
-            add({"from": BOT_NAME, "from_id": BOT_ID, **_text_fields(f"Welcome back, {who}! Be nice in here.")}, t)
+            welcome = add({"from": BOT_NAME, "from_id": BOT_ID,
+                           **_text_fields(f"Welcome back, {who}! Be nice in here.")}, t)
+            if rng.random() < 0.5:  # people answer bots too; those replies are dropped as query_from_bot
+                t += timedelta(seconds=rng.randint(5, 60))
+                add({"from": who, "from_id": who_id, "reply_to_message_id": welcome, **_text_fields("thanks bot")}, t)
         elif roll < 0.35:
             add({"from": who, "from_id": who_id, "photo": NOT_INCLUDED, "width": 1280, "height": 960,
                  **_text_fields("")}, t)
         elif roll < 0.42:
+            # A sticker in reply to the last message: media only, so no pair (response_empty).
             add({"from": who, "from_id": who_id, "file": NOT_INCLUDED, "media_type": "sticker",
-                 "sticker_emoji": "😂", **_text_fields("")}, t)
+                 "sticker_emoji": "😂", "reply_to_message_id": messages[-1]["id"], **_text_fields("")}, t)
         elif roll < 0.47:
             add({"type": "service", "actor": who, "actor_id": who_id, "action": "pin_message",
                  "message_id": messages[-2]["id"], **_text_fields("")}, t)
