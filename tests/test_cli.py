@@ -104,3 +104,28 @@ def test_full_demo(tmp_path: Path, embedded_cache: Path) -> None:
     for label in ("SFW", "NSFW"):
         assert summary[label]["eval_loss_after"] < summary[label]["eval_loss_before"]
         assert summary[label]["reply"].strip()
+
+
+def test_params_yaml_is_valid_for_every_stage() -> None:
+    from conftest import REPO
+
+    from cookiebaker.config import build_config, read_params
+    from cookiebaker.export import ExportConfig
+    from cookiebaker.ingest import IngestConfig
+    from cookiebaker.merge import MergeConfig
+    from cookiebaker.pairs import PairsConfig
+    from cookiebaker.serve import ServeConfig
+    from cookiebaker.train import DEFAULT_TARGET_MODULES, TrainConfig
+
+    params = read_params(REPO / "params.yaml")
+    for cls, section in ((IngestConfig, "ingest"), (PairsConfig, "pairs"), (TrainConfig, "train"),
+                         (MergeConfig, "merge"), (ExportConfig, "export")):
+        build_config(cls, section, params)
+    build_config(ServeConfig, "serve", params, {"sfw_model": "x"})
+    recipe = build_config(TrainConfig, "train", params)
+    assert (recipe.lora_r, recipe.batch_size, recipe.grad_accum, recipe.learning_rate, recipe.warmup_steps,
+            recipe.max_steps) == (8, 1, 16, 1e-5, 15, 150)
+    assert recipe.target_modules == DEFAULT_TARGET_MODULES
+    assert recipe.base_model == "IlyaGusev/gemma-2-2b-it-abliterated"
+    exported = build_config(ExportConfig, "export", params)
+    assert (exported.temperature, exported.top_p) == (0.7, 0.7)
