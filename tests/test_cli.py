@@ -87,6 +87,13 @@ def test_demo_quick_runs_the_whole_chain(tmp_path: Path, embedded_cache: Path) -
         assert isinstance(entry["reply"], str) and entry["reply"].strip()
         assert entry["eval_loss_after"] < entry["eval_loss_before"]
     assert "cookiebaker serve --sfw-model" in result.stdout and "ollama create" in result.stdout
+    charts = {Path(p).name for p in summary["charts"]}
+    assert {f"{label}_{kind}.png" for label in ("SFW", "NSFW")
+            for kind in ("messages", "pairs", "sample_lengths", "training")} == charts
+    for chart in summary["charts"]:
+        assert Path(chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and Path(chart).stat().st_size > 5000
+    result = run_cli("report", "--workdir", str(tmp_path / "demo"))
+    assert result.returncode == 0 and result.stdout.count(".png") == 8
     # A second run reuses every finished stage.
     before = (tmp_path / "demo" / "models" / "SFW" / "metrics.json").stat().st_mtime
     again = run_cli("demo", "--workdir", str(tmp_path / "demo"), "--quick")

@@ -7,7 +7,6 @@ Python objects, which is what makes million-message exports fast to read.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from typing import Union
 
 import msgspec
