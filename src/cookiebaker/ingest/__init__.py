@@ -6,9 +6,7 @@ import gc
 import logging
 import multiprocessing
 import os
-from collections import deque
-from collections.abc import Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
@@ -121,17 +119,6 @@ class _Workers:
             self.pool = None
 
 
-def _in_order(futures: Iterator[Future], ahead: int) -> Iterator:
-    """Results of lazily submitted futures, in order, with at most ``ahead`` of them pending."""
-    pending: deque[Future] = deque()
-    for future in futures:
-        pending.append(future)
-        if len(pending) >= ahead:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
-
-
 def _buffer_offset(buffer: bytes, view: memoryview) -> int:
     address = np.frombuffer(view, np.uint8).ctypes.data if len(view) else 0
     return address - np.frombuffer(buffer, np.uint8).ctypes.data
@@ -145,8 +132,8 @@ def _chat_slices(path: Path, raw: Raw, buffer: bytes, file_bytes: bool, pool: Ex
     if pool is None or not file_bytes:
         return [_slice_frame(slice_json(view[begin:end], whole=False)) for begin, end in spans]
     base = _buffer_offset(buffer, view)
-    futures = (pool.submit(_file_slice_frame, str(path), base + begin, base + end) for begin, end in spans)
-    return list(_in_order(futures, ahead=2 * len(spans)))
+    futures = [pool.submit(_file_slice_frame, str(path), base + begin, base + end) for begin, end in spans]
+    return [future.result() for future in futures]
 
 
 def read_export(path: str | Path, workers: _Workers | None = None) -> pl.DataFrame:

@@ -70,7 +70,7 @@ def is_loopback(host: str) -> bool:
 def build_app(config: ServeConfig, backends: dict | None = None):  # noqa: ANN201
     """The FastAPI app for a config; ``backends`` (name → Backend) replaces loading the models (tests)."""
     from cookiebaker.serve.app import NSFW, SFW, create_app
-    from cookiebaker.serve.backends import open_backend
+    from cookiebaker.serve.backends import Sampling, open_backend
     from cookiebaker.serve.history import HistoryStore
 
     if backends is None:
@@ -80,11 +80,9 @@ def build_app(config: ServeConfig, backends: dict | None = None):  # noqa: ANN20
             if reference:
                 backends[name] = backends.get(reference) or open_backend(reference)
                 log.info("%s → %s", name, backends[name].description)
-    samplings = {name: getattr(backend, "default", None) for name, backend in backends.items()}
-    from cookiebaker.serve.backends import Sampling
-
-    samplings = {name: (s or Sampling()).merged(max_tokens=config.max_tokens, temperature=config.temperature,
-                                                 top_p=config.top_p) for name, s in samplings.items()}
+    samplings = {name: getattr(backend, "default", None) or Sampling() for name, backend in backends.items()}
+    samplings = {name: sampling.merged(max_tokens=config.max_tokens, temperature=config.temperature,
+                                       top_p=config.top_p) for name, sampling in samplings.items()}
     database = config.database_url or os.environ.get("COOKIEBAKER_DATABASE_URL") or config.history_db
     store = HistoryStore(database, config.max_stored_turns)
     return create_app(backends=backends, samplings=samplings, store=store, history_turns=config.history_turns,

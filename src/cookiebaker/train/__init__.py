@@ -152,10 +152,10 @@ def run(config: TrainConfig) -> dict:
     """Train the adapter; write checkpoints, the final adapter, metrics.json and the loss curve."""
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments, set_seed
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, TrainingArguments, set_seed
 
     from cookiebaker.train.formatting import encode, normalize, samples_to_messages, supports_system_role
-    from cookiebaker.train.models import load_failure, model_family, resolve_base_model
+    from cookiebaker.train.models import load_failure, resolve_base_model
     from cookiebaker.train.plan import make_plan
     from cookiebaker.train.trainer import (
         ResponseOnlyTrainer,
@@ -197,10 +197,13 @@ def run(config: TrainConfig) -> dict:
     log.info("train: %d samples (%d held out, %d truncated to %d tokens)", len(encoded), len(eval_rows), truncated,
              config.max_length)
 
+    try:
+        model_type = AutoConfig.from_pretrained(base).model_type
+    except (OSError, ValueError) as exc:
+        raise load_failure(base, exc) from None
     plan = make_plan(quantization=config.quantization, precision=config.precision, optimizer=config.optimizer,
                      gradient_checkpointing=config.gradient_checkpointing,
-                     attn_implementation=config.attn_implementation,
-                     model_type=model_family(base) if Path(base).is_dir() else "gemma2")
+                     attn_implementation=config.attn_implementation, model_type=model_type)
     set_seed(config.seed)
     load_kwargs: dict = {"attn_implementation": plan.attn_implementation}
     if plan.quantize_4bit:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
 import logging
 import os
 import shutil
@@ -115,8 +114,3 @@ def copy_tokenizer_files(source: str, target: Path) -> list[str]:
                 shutil.copy2(Path(source) / name, target / name)
                 copied.append(name)
     return copied
-
-
-def model_family(config_path: Path | str) -> str:
-    data = json.loads((Path(config_path) / "config.json").read_text())
-    return str(data.get("model_type", "unknown"))
