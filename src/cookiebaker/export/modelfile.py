@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 
 from cookiebaker.errors import ModelError
@@ -83,3 +85,20 @@ def render_modelfile(source: str, family: Family, *, temperature: float, top_p: 
     lines += [f"PARAMETER temperature {temperature:g}", f"PARAMETER top_p {top_p:g}"]
     lines += [f"PARAMETER stop {_quoted(stop)}" for stop in stops]
     return "\n".join(lines) + "\n"
+
+
+def parse_modelfile(text: str) -> dict:
+    """FROM, TEMPLATE, SYSTEM and PARAMETERs (stops as a list) of a Modelfile written by render_modelfile."""
+    found = re.search(r"^FROM (.+)$", text, re.M)
+    parsed: dict = {"from": found.group(1).strip() if found else None, "parameters": {}}
+    for key in ("TEMPLATE", "SYSTEM"):
+        block = re.search(rf'^{key} """(.*?)"""', text, re.M | re.S)
+        if block:
+            parsed[key.lower()] = block.group(1)
+    for name, value in re.findall(r"^PARAMETER (\w+) (.+)$", text, re.M):
+        value = json.loads(value) if value.startswith('"') else float(value)
+        if name == "stop":
+            parsed["parameters"].setdefault("stop", []).append(value)
+        else:
+            parsed["parameters"][name] = value
+    return parsed

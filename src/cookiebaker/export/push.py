@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
-import re
 import shutil
 import subprocess
 from pathlib import Path
 
 from cookiebaker.config import StageConfig
 from cookiebaker.errors import CookiebakerError
+from cookiebaker.export.modelfile import parse_modelfile
 
 log = logging.getLogger(__name__)
 
@@ -57,23 +56,6 @@ def _with_cli(ollama: str, config: PushConfig, output: Path) -> list[str]:
     return [" ".join(step[1:]) for step in steps]
 
 
-def _parse_modelfile(text: str) -> dict:
-    """FROM, TEMPLATE, SYSTEM and PARAMETERs of a Modelfile written by cookiebaker export."""
-    parsed: dict = {"parameters": {}}
-    parsed["from"] = re.search(r"^FROM (.+)$", text, re.M).group(1).strip()  # type: ignore[union-attr]
-    for key in ("TEMPLATE", "SYSTEM"):
-        found = re.search(rf'^{key} """(.*?)"""', text, re.M | re.S)
-        if found:
-            parsed[key.lower()] = found.group(1)
-    for name, value in re.findall(r"^PARAMETER (\w+) (.+)$", text, re.M):
-        value = json.loads(value) if value.startswith('"') else float(value)
-        if name == "stop":
-            parsed["parameters"].setdefault("stop", []).append(value)
-        else:
-            parsed["parameters"][name] = value
-    return parsed
-
-
 def _with_api(config: PushConfig, output: Path) -> list[str]:
     import requests
 
@@ -83,7 +65,7 @@ def _with_api(config: PushConfig, output: Path) -> list[str]:
     except requests.RequestException:
         raise PushError(f"the ollama CLI is not installed and no Ollama server answers at {host}: install Ollama "
                         "(https://ollama.com/download) or start `ollama serve` (or set OLLAMA_HOST)") from None
-    spec = _parse_modelfile(_modelfile(output).read_text())
+    spec = parse_modelfile(_modelfile(output).read_text())
     gguf = (output / spec["from"]).resolve()
     digest = hashlib.sha256()
     with gguf.open("rb") as file:

@@ -62,8 +62,10 @@ def find_export_files(inputs: list[str]) -> list[Path]:
             files.append(path)
         else:
             raise InputFileError(path, "no such file or folder")
-    seen: set[Path] = set()
-    return [f for f in files if not (f.resolve() in seen or seen.add(f.resolve()))]  # type: ignore[func-returns-value]
+    unique: dict[Path, Path] = {}
+    for file in files:
+        unique.setdefault(file.resolve(), file)  # a file named twice (directly and in a folder) is read once
+    return list(unique.values())
 
 
 # Files larger than this are decoded by worker processes (one per core), a slice of messages each.

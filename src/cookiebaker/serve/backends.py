@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 import os
-import re
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -36,17 +35,16 @@ class Sampling:
 
 def sampling_from_modelfile(path: Path) -> Sampling:
     """temperature, top_p, stops and SYSTEM of an exported Modelfile."""
-    text = path.read_text(encoding="utf-8")
-    sampling = Sampling(stop=[])
-    for name, value in re.findall(r"^PARAMETER (\w+) (.+)$", text, re.M):
-        if name == "stop":
-            sampling.stop.append(json.loads(value) if value.startswith('"') else value)
-        elif name in ("temperature", "top_p"):
-            setattr(sampling, name, float(value))
-        elif name == "num_predict":
-            sampling.max_tokens = int(value)
-    system = re.search(r'^SYSTEM """(.*?)"""', text, re.M | re.S)
-    sampling.system = system.group(1) if system else None
+    from cookiebaker.export.modelfile import parse_modelfile
+
+    spec = parse_modelfile(path.read_text(encoding="utf-8"))
+    parameters = spec["parameters"]
+    sampling = Sampling(stop=list(parameters.get("stop", [])), system=spec.get("system"))
+    for name in ("temperature", "top_p"):
+        if name in parameters:
+            setattr(sampling, name, float(parameters[name]))
+    if "num_predict" in parameters:
+        sampling.max_tokens = int(parameters["num_predict"])
     return sampling
 
 
@@ -220,8 +218,10 @@ def open_backend(reference: str) -> Backend:
             modelfile = path / "Modelfile"
             chosen = ggufs[0]
             if modelfile.is_file():
-                named = re.search(r"^FROM \./(.+\.gguf)$", modelfile.read_text(), re.M)
-                chosen = path / named.group(1) if named else chosen
+                from cookiebaker.export.modelfile import parse_modelfile
+
+                source = parse_modelfile(modelfile.read_text(encoding="utf-8"))["from"] or ""
+                chosen = path / source.removeprefix("./") if source.endswith(".gguf") else chosen
             return LlamaCppBackend(chosen, sampling_from_modelfile(modelfile) if modelfile.is_file() else Sampling())
         if (path / "config.json").is_file():
             return TransformersBackend(path, Sampling())
