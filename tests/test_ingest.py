@@ -10,7 +10,7 @@ from conftest import msg, service, synth_export, write_chat
 
 from cookiebaker import ingest
 from cookiebaker.errors import ExportFormatError, InputFileError
-from cookiebaker.ingest import IngestConfig, read_export
+from cookiebaker.ingest import IngestConfig, bulk, read_export
 from cookiebaker.ingest.schema import MESSAGE_SCHEMA
 
 REAL_FILES = [
@@ -140,18 +140,126 @@ def test_synthetic_export_matches_its_truth(synth_tool: Path, tmp_path: Path, ch
 
 
 def test_sliced_decoding_equals_whole_decoding(synth_tool: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(bulk, "BULK_MIN_BYTES", 1 << 40)
     path, _ = synth_export(synth_tool, tmp_path / "s.json", 5_000, seed=3)
     whole = read_export(path)
     monkeypatch.setattr(ingest, "SLICE_BYTES", 50_000)
     sliced = read_export(path)
     assert sliced.equals(whole)
-    monkeypatch.setattr(ingest, "PARALLEL_MIN_BYTES", 1)
-    workers = ingest._Workers()
-    try:
-        parallel = read_export(path, workers)
-    finally:
-        workers.close()
-    assert parallel.equals(whole)
+
+
+@pytest.fixture
+def bulk_calls(monkeypatch) -> list[str]:
+    """Send every chat to the bulk reader, in small spans; records each chat it read (or 'refused: why')."""
+    calls: list[str] = []
+    read_messages = bulk.read_messages
+
+    def recording(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        try:
+            result = read_messages(*args, **kwargs)
+        except bulk.BulkUnsupported as exc:
+            calls.append(f"refused: {exc}")
+            raise
+        calls.append("read")
+        return result
+
+    monkeypatch.setattr(bulk, "read_messages", recording)
+    monkeypatch.setattr(bulk, "BULK_MIN_BYTES", 0)
+    monkeypatch.setattr(bulk, "MIN_SPAN_BYTES", 2_000)
+    return calls
+
+
+def _exact(path: Path, monkeypatch) -> pl.DataFrame:
+    with monkeypatch.context() as patch:
+        patch.setattr(bulk, "BULK_MIN_BYTES", 1 << 40)
+        return read_export(path)
+
+
+@pytest.mark.parametrize("name", REAL_FILES)
+def test_bulk_reader_equals_the_exact_decoder_on_real_exports(telegram_dir: Path, name: str, bulk_calls: list[str],
+                                                              monkeypatch) -> None:
+    path = telegram_dir / name
+    assert read_export(path).equals(_exact(path, monkeypatch))
+    assert bulk_calls and set(bulk_calls) == {"read"}, bulk_calls
+
+
+@pytest.mark.parametrize("chats", [1, 3])
+def test_bulk_reader_equals_the_exact_decoder_on_synthetic_exports(synth_tool: Path, tmp_path: Path, chats: int,
+                                                                   bulk_calls: list[str], monkeypatch) -> None:
+    path, truth = synth_export(synth_tool, tmp_path / "s.json", 20_000, chats=chats, seed=11)
+    frame = read_export(path)
+    assert bulk_calls == ["read"] * chats
+    assert frame.equals(_exact(path, monkeypatch))
+    assert frame.filter(pl.col("kind") == "message")["forwarded"].sum() == truth["forwarded"]
+
+
+def test_bulk_reader_sees_forwards_from_deleted_accounts(tmp_path: Path, bulk_calls: list[str],
+                                                         monkeypatch) -> None:
+    """DuckDB reads a key written as null like a missing key; the byte scan restores the difference."""
+    messages = [msg(i, f"hello {i}") for i in range(1, 400)]
+    messages[10]["forwarded_from"] = None
+    messages[20]["saved_from"] = None
+    messages[30]["forwarded_from"] = "Somebody"
+    messages[40]["reply_to_peer_id"] = None  # nulls that mean nothing
+    messages[45]["photo"] = None
+    messages[46].update(poll=None, text="")
+    messages[47].update(photo="photos/p.jpg", poll={"question": "?"})
+    messages[48].update(poll={"question": "?"}, text="")
+    messages[50]["text"] = ["a ", {"type": "bold", "text": "forwarded_from\": null"}, {"type": "link"}]
+    path = write_chat(tmp_path / "f.json", messages)
+    frame = read_export(path)
+    assert bulk_calls == ["read"]
+    assert frame.equals(_exact(path, monkeypatch))
+    assert frame.filter(pl.col("forwarded"))["message_id"].to_list() == [11, 21, 31]
+    assert frame["forwarded_from"].drop_nulls().to_list() == ["Somebody"]
+    assert frame["media_type"][45:49].to_list() == [None, None, "photo", "poll"]
+    assert frame["text"][50] == 'a forwarded_from": null'
+
+
+def test_bulk_reader_reads_text_when_some_message_lacks_text_entities(tmp_path: Path, bulk_calls: list[str],
+                                                                      monkeypatch) -> None:
+    messages = [msg(i, f"hello {i}", text_entities=[{"type": "plain", "text": f"hello {i}"}]) for i in range(1, 300)]
+    messages[7]["text"] = ["bold ", {"type": "bold", "text": "move"}]
+    del messages[7]["text_entities"]
+    path = write_chat(tmp_path / "e.json", messages)
+    frame = read_export(path)
+    assert bulk_calls == ["read"]
+    assert frame["text"][7] == "bold move" and frame["text"][8] == "hello 9"
+    assert frame.equals(_exact(path, monkeypatch))
+
+
+def test_locating_the_messages_of_a_single_chat_export(tmp_path: Path, synth_tool: Path) -> None:
+    chat = write_chat(tmp_path / "c.json", [msg(1, "hi"), msg(2, "there")], chat_id=77, name="Group")
+    with bulk.mapped_file(chat) as source:
+        found, begin, end = bulk.locate_single_chat(str(chat), source)
+        assert (found.id, found.name) == (77, "Group")
+        assert json.loads(bytes(source.buffer[begin:end]))[1]["text"] == "there"
+    minified = tmp_path / "m.json"
+    minified.write_text(json.dumps({"name": "g", "id": 1, "messages": [msg(1, "hi")]}))
+    truncated = tmp_path / "t.json"
+    truncated.write_text(chat.read_text()[:-40])
+    last_key = tmp_path / "k.json"
+    last_key.write_text(json.dumps({"name": "g", "messages": [msg(1, "hi")], "id": 1}, indent=1))
+    account, _ = synth_export(synth_tool, tmp_path / "a.json", 200, chats=2)
+    for path in (minified, truncated, last_key, account):
+        with bulk.mapped_file(path) as source:
+            assert bulk.locate_single_chat(str(path), source) is None, path.name
+    # Such files still read, through the whole-file decoder.
+    assert read_export(last_key)["text"].to_list() == ["hi"]
+
+
+def test_bulk_reader_hands_quirky_chats_to_the_exact_decoder(tmp_path: Path, bulk_calls: list[str],
+                                                              monkeypatch) -> None:
+    """Repeated keys and \\xHH escapes are refused by DuckDB: those chats are read by msgspec, with the same result."""
+    messages = [msg(i, f"hello {i}") for i in range(1, 300)]
+    messages[5]["text"] = "tab\u000bhere"
+    path = write_chat(tmp_path / "q.json", messages)
+    path.write_text(path.read_text().replace("\\u000b", "\\x0b").replace(
+        '"id": 9,', '"id": 9, "text": "first of two",'))
+    frame = read_export(path)
+    assert any(call.startswith("refused") for call in bulk_calls)
+    assert frame.equals(_exact(path, monkeypatch))
+    assert frame["text"][5] == "tab\x0bhere" and frame["text"][8] == "hello 9"
 
 
 def test_minified_export_is_read_in_one_piece(tmp_path: Path, monkeypatch) -> None:
@@ -218,8 +326,11 @@ BAD_INPUTS = {
 }
 
 
+@pytest.mark.parametrize("bulk_reader", [False, True], ids=["exact", "bulk"])
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
-def test_bad_input_names_the_file_and_the_problem(tmp_path: Path, case: str) -> None:
+def test_bad_input_names_the_file_and_the_problem(tmp_path: Path, case: str, bulk_reader: bool, monkeypatch) -> None:
+    if bulk_reader:
+        monkeypatch.setattr(bulk, "BULK_MIN_BYTES", 0)
     write, expected = BAD_INPUTS[case]
     path = tmp_path / "bad.json"
     write(path)

@@ -127,6 +127,16 @@ def test_scrubber_cases(text: str, expected: str) -> None:
     assert Scrubber().scrub(text) == expected
 
 
+def test_scrubbing_a_column_equals_scrubbing_every_text() -> None:
+    """The vectorized pre-filter only skips texts the patterns cannot match."""
+    texts = ["4111 1111 1111 1111", "+1 (555) 123-4567", "(555) 123-4567", "8 912 345 67 89", "x²@a.example.com",
+             "józef@przykład.pl", "+٧ ٩١٢ ٣٤٥ ٦٧ ٨٩", "call ٠١٢٣٤٥٦٧٨٩", "@handle", "1 000 000 000 rubles",
+             "no digits", "12 cats 345 dogs 6789 birds", "a@b", "mail: first.last+tag@sub.example.co.uk.", ""]
+    by_column = Scrubber().scrub_column(pl.DataFrame({"text": texts}), "text")["text"].to_list()
+    assert by_column == [Scrubber().scrub(text) for text in texts]
+    assert by_column[4] == "[EMAIL]" and by_column[6] == "[PHONE]"
+
+
 def test_luhn() -> None:
     assert luhn_valid("4111111111111111") and not luhn_valid("4111111111111112")
 

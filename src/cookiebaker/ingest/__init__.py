@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import gc
 import logging
-import multiprocessing
 import os
-from concurrent.futures import Executor, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 from msgspec import Raw
 from pydantic import Field
 
 from cookiebaker.config import StageConfig, config_path_for, save_resolved_config
 from cookiebaker.errors import InputFileError
-from cookiebaker.ingest.columns import chat_frame, empty_frame, messages_frame
+from cookiebaker.ingest import bulk
+from cookiebaker.ingest.columns import chat_frame, empty_frame, finish_frame, messages_frame
 from cookiebaker.ingest.decode import (
+    Chat,
     SliceMismatch,
     decode_export,
     decode_messages,
@@ -28,7 +26,6 @@ from cookiebaker.ingest.decode import (
 )
 from cookiebaker.ingest.schema import KINDS, MESSAGE_COLUMNS, MESSAGE_SCHEMA
 from cookiebaker.io import write_json, write_parquet
-from cookiebaker.progress import progress_bar
 
 __all__ = ["IngestConfig", "run", "read_export", "find_export_files", "MESSAGE_COLUMNS", "MESSAGE_SCHEMA"]
 
@@ -68,9 +65,13 @@ def find_export_files(inputs: list[str]) -> list[Path]:
     return list(unique.values())
 
 
-# Files larger than this are decoded by worker processes (one per core), a slice of messages each.
-PARALLEL_MIN_BYTES = 32 * 1024 * 1024
+# The msgspec decoder works a slice of this many bytes at a time, so that a large chat it has to read never
+# exists as millions of Python objects at once.
 SLICE_BYTES = 16 * 1024 * 1024
+
+
+def _cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _slice_frame(piece: bytes | memoryview) -> tuple[pl.DataFrame, object]:
@@ -83,84 +84,61 @@ def _slice_frame(piece: bytes | memoryview) -> tuple[pl.DataFrame, object]:
             gc.enable()
 
 
-def _warm_up() -> None:
-    """Runs first in each worker: nothing to do, the import of this module was the point."""
-
-
-def _file_slice_frame(path: str, begin: int, end: int) -> tuple[pl.DataFrame, object]:
-    """Worker side: read one span of the export straight from the file (the page cache) and decode it."""
-    with open(path, "rb") as file:
-        file.seek(begin)
-        raw = file.read(end - begin)
-    return _slice_frame(slice_json(raw, whole=False))
-
-
-class _Workers:
-    """A process pool, started only when a file is large enough to gain from it.
-
-    Workers are spawned (polars' threads make fork unsafe) and read their spans from the file themselves,
-    so slices never travel through a pipe; only the finished columns come back.
-    """
-
-    def __init__(self) -> None:
-        self.pool: ProcessPoolExecutor | None = None
-        self.count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-    def for_size(self, size: int) -> ProcessPoolExecutor | None:
-        if size < PARALLEL_MIN_BYTES or self.count < 2:
-            return None
-        if self.pool is None:
-            self.pool = ProcessPoolExecutor(self.count, mp_context=multiprocessing.get_context("spawn"))
-            for _ in range(self.count):  # start the workers now: their imports overlap the parent's reading
-                self.pool.submit(_warm_up)
-        return self.pool
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(cancel_futures=True)
-            self.pool = None
+def _decoded_slices(path: Path, raw: Raw) -> list[tuple[pl.DataFrame, object]]:
+    """A chat's messages through msgspec, a slice at a time (the whole array at once if it cannot be sliced)."""
+    view = memoryview(raw)
+    spans = message_spans(raw, SLICE_BYTES)
+    try:
+        if len(spans) == 1:
+            return [_slice_frame(view)]
+        return [_slice_frame(slice_json(view[begin:end], whole=False)) for begin, end in spans]
+    except SliceMismatch:
+        return [messages_frame(decode_messages(str(path), raw))]
 
 
 def _buffer_offset(buffer: bytes, view: memoryview) -> int:
+    import numpy as np  # only large account exports need it
+
     address = np.frombuffer(view, np.uint8).ctypes.data if len(view) else 0
     return address - np.frombuffer(buffer, np.uint8).ctypes.data
 
 
-def _chat_slices(path: Path, raw: Raw, buffer: bytes, file_bytes: bool, pool: Executor | None) -> list:
-    view = memoryview(raw)
-    spans = message_spans(raw, SLICE_BYTES)
-    if len(spans) == 1:
-        return [_slice_frame(view)]
-    if pool is None or not file_bytes:
-        return [_slice_frame(slice_json(view[begin:end], whole=False)) for begin, end in spans]
-    base = _buffer_offset(buffer, view)
-    futures = [pool.submit(_file_slice_frame, str(path), base + begin, base + end) for begin, end in spans]
-    return [future.result() for future in futures]
+def _bulk_frame(path: Path, chat: Chat, source: bulk.Source, begin: int, end: int) -> pl.DataFrame | None:
+    """A large chat through DuckDB, or None when only msgspec can read it (then nothing was lost but time)."""
+    try:
+        raw, first_peer = bulk.read_messages(source, begin, end, _cpu_count())
+    except bulk.BulkUnsupported as exc:
+        log.debug("%s: chat %s is read by the exact decoder instead of the bulk reader: %s", path, chat.id, exc)
+        return None
+    return chat_frame(chat.id, chat.name, chat.type, [(finish_frame(raw), first_peer)], str(path))
 
 
-def read_export(path: str | Path, workers: _Workers | None = None) -> pl.DataFrame:
+def read_export(path: str | Path) -> pl.DataFrame:
     """Read one export file (single chat or full account) into the messages table."""
     path = Path(path)
     try:
+        size = path.stat().st_size
+        if size and size >= bulk.BULK_MIN_BYTES:
+            with bulk.mapped_file(path) as source:  # a single-chat export is read without decoding it whole
+                located = bulk.locate_single_chat(str(path), source)
+                if located is not None:
+                    chat, begin, end = located
+                    frame = _bulk_frame(path, chat, source, begin, end)
+                    if frame is not None:
+                        return frame
         data = path.read_bytes()
     except OSError as exc:
         raise InputFileError(path, f"cannot read the file: {exc.strerror or exc}") from None
     chats, buffer = decode_export(str(path), data)
-    pool = workers.for_size(len(data)) if workers else None
     frames = []
     for chat in chats:
-        try:
-            try:
-                slices = _chat_slices(path, chat.messages, buffer, buffer is data, pool)
-            except BrokenProcessPool:
-                log.warning("worker processes failed (is the calling script missing `if __name__ == "
-                            "'__main__':`?); decoding %s in this process", path)
-                workers.close()  # type: ignore[union-attr]
-                pool = None
-                slices = _chat_slices(path, chat.messages, buffer, False, None)
-        except SliceMismatch:
-            slices = [messages_frame(decode_messages(str(path), chat.messages))]
-        frames.append(chat_frame(chat.id, chat.name, chat.type, slices, str(path)))
+        frame = None
+        if len(chat.messages) >= bulk.BULK_MIN_BYTES:
+            begin = _buffer_offset(buffer, memoryview(chat.messages))
+            frame = _bulk_frame(path, chat, bulk.Source(buffer), begin, begin + len(chat.messages))
+        if frame is None:
+            frame = chat_frame(chat.id, chat.name, chat.type, _decoded_slices(path, chat.messages), str(path))
+        frames.append(frame)
     del chats, data, buffer
     return pl.concat(frames, how="vertical") if frames else empty_frame()
 
@@ -192,24 +170,20 @@ def run(config: IngestConfig) -> dict:
         raise InputFileError("(inputs)", "no export files or folders were given")
     frames: list[pl.DataFrame] = []
     skipped: list[dict[str, str]] = []
-    workers = _Workers()
-    if any(path.stat().st_size >= PARALLEL_MIN_BYTES for path in files):
-        workers.for_size(PARALLEL_MIN_BYTES)
-    try:
-        with progress_bar() as progress:
-            task = progress.add_task("ingest", total=len(files))
-            for path in files:
-                progress.update(task, description=f"ingest {path.name}")
-                try:
-                    frames.append(read_export(path, workers))
-                except InputFileError as exc:
-                    if not config.skip_invalid:
-                        raise
-                    log.warning("skipping %s", exc)
-                    skipped.append({"file": str(path), "error": exc.problem})
-                progress.advance(task)
-    finally:
-        workers.close()
+    from cookiebaker.progress import progress_bar  # rich: only the command itself needs it, not its readers
+
+    with progress_bar() as progress:
+        task = progress.add_task("ingest", total=len(files))
+        for path in files:
+            progress.update(task, description=f"ingest {path.name}")
+            try:
+                frames.append(read_export(path))
+            except InputFileError as exc:
+                if not config.skip_invalid:
+                    raise
+                log.warning("skipping %s", exc)
+                skipped.append({"file": str(path), "error": exc.problem})
+            progress.advance(task)
     if not frames:
         raise InputFileError("(inputs)", "none of the input files is a readable Telegram JSON export")
     frame = pl.concat(frames, how="vertical")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import polars as pl
-from msgspec import UNSET
+from msgspec import UNSET, Raw
 
 from cookiebaker.ingest.decode import Message, Peer
 from cookiebaker.ingest.schema import MESSAGE_SCHEMA, UTC_TIME
@@ -60,25 +60,6 @@ _RARE_MEDIA = (
 )
 
 
-def _rare_media_type(m: Message) -> str | None:
-    if m.photo is not UNSET:
-        return "photo"
-    if m.file is not UNSET:
-        return "file"
-    for key, name in _RARE_MEDIA:
-        if getattr(m, key) is not UNSET:
-            return name
-    return None
-
-
-def _forward_name(m: Message) -> str | None:
-    if isinstance(m.forwarded_from, str):
-        return m.forwarded_from
-    if isinstance(m.saved_from, str):
-        return m.saved_from
-    return None
-
-
 def _join_parts(parts: list) -> str:  # noqa: ANN001
     return "".join([part if part.__class__ is str else part.text for part in parts])
 
@@ -95,58 +76,114 @@ def _mapped(values: list, convert) -> list:  # noqa: ANN001
     return [cache[v] for v in values]
 
 
-def _utc(unix: pl.Series, local: pl.Series) -> pl.Series:
-    """UTC timestamps from unixtime strings, falling back to the export's local-time strings (read as UTC)."""
-    stamps = pl.from_epoch(unix.cast(pl.Int64, strict=False), time_unit="s").dt.replace_time_zone("UTC")
-    if local.len() == unix.len():
-        from_local = local.str.to_datetime(LOCAL_DATE_FORMAT, strict=False, time_zone="UTC")
-        stamps = stamps.fill_null(from_local)
-    return stamps.cast(UTC_TIME)
+def _present(values: list) -> pl.Series:  # noqa: ANN001
+    """Whether each message has the key (a forward from a deleted account has ``"forwarded_from": null``)."""
+    return pl.Series([v is not UNSET for v in values], dtype=pl.Boolean)
 
 
-def messages_frame(msgs: list[Message]) -> tuple[pl.DataFrame, Peer]:
-    """One slice of a chat's messages → rows without the chat-level columns, and the slice's first peer."""
+_NULL = Raw(b"null")
+
+
+def _media(values: list) -> pl.Series:  # noqa: ANN001
+    """Whether each message carries this media: the key with a value (null, never written, means none)."""
+    return pl.Series([v is not UNSET and v != _NULL for v in values], dtype=pl.Boolean)
+
+
+def _rare_media(msgs: list[Message]) -> pl.Series:
+    """The first rare media key each message has (poll, location, ...), or null; most slices have none."""
+    names: list[str | None] = [None] * len(msgs)
+    for key, name in reversed(_RARE_MEDIA):  # reversed: the first key in _RARE_MEDIA order wins
+        values = [getattr(m, key) for m in msgs]
+        if values.count(UNSET) != len(values):
+            names = [name if v is not UNSET and v != _NULL else old for v, old in zip(values, names)]
+    return _strings(names)
+
+
+def raw_frame(msgs: list[Message]) -> tuple[pl.DataFrame, Peer]:
+    """Decoded messages → the raw columns :func:`finish_frame` reads (the bulk reader's query returns the same
+    ones), and the first sender peer as written."""
     U = UNSET  # noqa: N806 (a local is faster in the comprehensions below)
-    raw_senders = [m.from_id if m.from_id is not None else m.actor_id for m in msgs]
-    first_peer = next((p for p in raw_senders if p is not None), None)
-    texts = [m.text for m in msgs]
-    # Polls, locations, contacts, venues, games, invoices, to-do lists and giveaways never carry a caption, so
-    # only captionless messages (and paid media, which may have one) need the slower check.
-    media = [
-        mt if (mt := m.media_type) is not None
-        else "photo" if m.photo is not U
-        else "file" if m.file is not U
-        else _rare_media_type(m) if (t == "" or m.paid_stars_amount is not U)
-        else None
-        for m, t in zip(msgs, texts)
-    ]
+    first_peer = next((p for m in msgs if (p := m.from_id if m.from_id is not None else m.actor_id) is not None),
+                      None)
     unix_dates = _strings([m.date_unixtime for m in msgs])
     unix_edits = _strings([m.edited_unixtime for m in msgs])
     # Exports older than mid-2022 have no unixtime twins: only then are the local-time strings needed.
-    local_dates = _strings([m.date for m in msgs] if unix_dates.null_count() else [])
-    local_edits = _strings([m.edited for m in msgs] if unix_edits.null_count() else [])
     frame = pl.DataFrame([
         pl.Series("message_id", [m.id for m in msgs], dtype=pl.Int64),
         _strings([m.type for m in msgs]).alias("kind"),
-        _utc(unix_dates, local_dates).alias("date"),
-        _strings([m.sender if m.type == "message" else m.actor for m in msgs]).alias("sender"),
-        _strings(_mapped(raw_senders, canonical_peer)).alias("sender_id"),
-        _strings([t if t.__class__ is str else _join_parts(t) for t in texts]).alias("text"),
+        unix_dates.alias("date_unixtime"),
+        _strings([m.date for m in msgs] if unix_dates.null_count() else [None] * len(msgs)).alias("date"),
+        unix_edits.alias("edited_unixtime"),
+        _strings([m.edited for m in msgs] if unix_edits.null_count() else [None] * len(msgs)).alias("edited"),
+        _strings([m.sender for m in msgs]).alias("from"),
+        _strings(_mapped([m.from_id for m in msgs], canonical_peer)).alias("from_id"),
+        _strings([m.actor for m in msgs]).alias("actor"),
+        _strings(_mapped([m.actor_id for m in msgs], canonical_peer)).alias("actor_id"),
+        _strings([m.action for m in msgs]).alias("action"),
+        _strings([None if (f := m.forwarded_from) is U else f for m in msgs]).alias("forwarded_from"),
+        _present([m.forwarded_from for m in msgs]).alias("forwarded_present"),
+        _strings([None if (f := m.saved_from) is U else f for m in msgs]).alias("saved_from"),
+        _present([m.saved_from for m in msgs]).alias("saved_present"),
+        _strings(_mapped([m.forwarded_from_id for m in msgs], canonical_peer)).alias("forwarded_from_id"),
         pl.Series("reply_to_message_id", [m.reply_to_message_id for m in msgs], dtype=pl.Int64),
         pl.Series("reply_to_chat_id", _mapped([m.reply_to_peer_id for m in msgs], bare_peer_id), dtype=pl.Int64),
-        pl.Series("forwarded", [m.forwarded_from is not U or m.saved_from is not U for m in msgs],
-                  dtype=pl.Boolean),
-        _strings([None if m.forwarded_from is U and m.saved_from is U else _forward_name(m)
-                  for m in msgs]).alias("forwarded_from"),
-        _strings(_mapped([m.forwarded_from_id for m in msgs], canonical_peer)).alias("forwarded_from_id"),
         _strings([m.via_bot for m in msgs]).alias("via_bot"),
-        _strings(media).alias("media_type"),
-        _strings([m.action for m in msgs]).alias("action"),
-        _utc(unix_edits, local_edits).alias("edited"),
+        _strings([t if (t := m.text).__class__ is str else _join_parts(t) for m in msgs]).alias("text"),
+        _strings([m.media_type for m in msgs]).alias("media_type"),
+        _media([m.photo for m in msgs]).alias("photo"),
+        _media([m.file for m in msgs]).alias("file"),
+        _rare_media(msgs).alias("rare_media"),
+        _media([m.paid_stars_amount for m in msgs]).alias("paid_media"),
     ])
-    # Before tdesktop 2.1.9 every message carried an "edited" at the epoch: that means "not edited".
-    frame = frame.with_columns(pl.when(pl.col("edited").dt.year() > 1970).then(pl.col("edited")).alias("edited"))
     return frame, first_peer
+
+
+def _utc(unix: pl.Expr, local: pl.Expr) -> pl.Expr:
+    """UTC timestamps from unixtime strings, falling back to the export's local-time strings (read as UTC)."""
+    from_unix = pl.from_epoch(unix.cast(pl.Int64, strict=False), time_unit="s").dt.replace_time_zone("UTC")
+    from_local = local.str.to_datetime(LOCAL_DATE_FORMAT, strict=False, time_zone="UTC")
+    return pl.coalesce(from_unix.cast(UTC_TIME), from_local.cast(UTC_TIME))
+
+
+def finish_frame(raw: pl.DataFrame) -> pl.DataFrame:
+    """Raw columns (from either decoder) → the message columns of MESSAGE_SCHEMA, without the chat-level ones.
+
+    This is where the export's rules live, once for both decoders: who the sender is, what counts as a forward,
+    which media a message carries, and how dates are read.
+    """
+    is_message = pl.col("kind") == "message"
+    # Polls, locations, contacts, venues, games, invoices, to-do lists and giveaways never carry a caption, so a
+    # rare media key only names the media of a captionless message (or of paid media, which may have one).
+    media = pl.coalesce(
+        "media_type",
+        pl.when("photo").then(pl.lit("photo")).when("file").then(pl.lit("file"))
+        .when((pl.col("text") == "") | pl.col("paid_media")).then("rare_media"),
+    )
+    edited = _utc(pl.col("edited_unixtime"), pl.col("edited"))
+    return raw.select(
+        "message_id",
+        "kind",
+        _utc(pl.col("date_unixtime"), pl.col("date")).alias("date"),
+        pl.when(is_message).then("from").otherwise("actor").alias("sender"),
+        pl.coalesce("from_id", "actor_id").alias("sender_id"),
+        "text",
+        "reply_to_message_id",
+        "reply_to_chat_id",
+        (pl.col("forwarded_present") | pl.col("saved_present")).alias("forwarded"),
+        pl.coalesce("forwarded_from", "saved_from").alias("forwarded_from"),
+        "forwarded_from_id",
+        "via_bot",
+        media.alias("media_type"),
+        "action",
+        # Before tdesktop 2.1.9 every message carried an "edited" at the epoch: that means "not edited".
+        pl.when(edited.dt.year() > 1970).then(edited).alias("edited"),
+    )
+
+
+def messages_frame(msgs: list[Message]) -> tuple[pl.DataFrame, Peer]:
+    """One slice of a chat's decoded messages → rows without the chat-level columns, and the first peer."""
+    raw, first_peer = raw_frame(msgs)
+    return finish_frame(raw), first_peer
 
 
 def chat_frame(chat_id: int, name: str | None, chat_type: str | None, slices: list[tuple[pl.DataFrame, Peer]],

@@ -25,12 +25,15 @@ def read_messages(path: str) -> pl.DataFrame:
     wrong = [c for c in REQUIRED_COLUMNS if schema[c] != MESSAGE_SCHEMA[c]]
     if wrong:
         raise DatasetError(f"{path}: column(s) {', '.join(wrong)} have the wrong type")
-    return pl.read_parquet(path, columns=list(REQUIRED_COLUMNS)).sort(["chat_id", "message_id"])
+    messages = pl.read_parquet(path, columns=list(REQUIRED_COLUMNS))
+    chat_step, id_step = pl.col("chat_id").diff(), pl.col("message_id").diff()
+    ordered = messages.select(((chat_step > 0) | ((chat_step == 0) & (id_step >= 0))).slice(1).all()).item()
+    return messages if ordered else messages.sort(["chat_id", "message_id"])  # ingest writes them sorted
 
 
 def is_bot(bot_sender_ids: list[str]) -> pl.Expr:
     """A display name ending in 'bot' (any case: GroupHelpBot, Helper Bot) or a configured sender id."""
-    by_name = pl.col("sender").str.strip_chars().str.to_lowercase().str.ends_with("bot").fill_null(False)
+    by_name = pl.col("sender").str.contains(r"(?i)bot\s*$").fill_null(False)
     return by_name | pl.col("sender_id").is_in(bot_sender_ids).fill_null(False)
 
 

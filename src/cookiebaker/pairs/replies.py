@@ -44,12 +44,36 @@ def burst_starts(window_minutes: float) -> pl.Expr:
 
 def _burst_texts(frame: pl.DataFrame, pairs: pl.DataFrame) -> pl.DataFrame:
     """Response text and message ids of each pair: the reply's row and the rest of its burst."""
-    rows = pairs.select("pair", pl.int_ranges("row", pl.col("row") + pl.col("burst_length")).alias("row"))
-    members = rows.explode("row").join(frame.select("row", "message_id", "text"), on="row", how="left")
-    return members.group_by("pair").agg(
+    members = pairs.select("pair", pl.int_ranges("row", pl.col("row") + pl.col("burst_length")).alias("row"))
+    members = members.explode("row")
+    rows = members.get_column("row")
+    members = members.with_columns(frame.get_column("message_id").gather(rows), frame.get_column("text").gather(rows))
+    return members.group_by("pair", maintain_order=True).agg(
         pl.col("message_id").alias("response_message_ids"),
         pl.col("text").filter(pl.col("text") != "").str.join("\n").alias("response"),
     )
+
+
+_ID_OFFSET = 1 << 31  # Telegram message ids are 32-bit integers (negative for migrated history)
+
+
+def _target_rows(frame: pl.DataFrame, candidates: pl.DataFrame) -> pl.Series:
+    """The row of each candidate's replied-to message, or null when it is not in the export.
+
+    ``frame`` is sorted by (chat_id, message_id), so (chat, id) packed into one integer is sorted too and a binary
+    search finds every target at once, without a hash join.
+    """
+    ids = frame.get_column("message_id")
+    if ids.is_empty() or ids.min() < -_ID_OFFSET or ids.max() >= _ID_OFFSET:  # type: ignore[operator]
+        targets = frame.select("chat_id", pl.col("message_id").alias("target_id"), pl.col("row").alias("q_row"))
+        return candidates.join(targets, on=["chat_id", "target_id"], how="left", maintain_order="left")["q_row"]
+    keys = frame.get_column("chat_rank") * (2 * _ID_OFFSET) + ids + _ID_OFFSET
+    wanted = candidates.select(
+        pl.when(pl.col("target_id").is_between(-_ID_OFFSET, _ID_OFFSET - 1))
+        .then(pl.col("chat_rank") * (2 * _ID_OFFSET) + pl.col("target_id") + _ID_OFFSET)
+    ).to_series()
+    found = keys.search_sorted(wanted.fill_null(-1), side="left").clip(upper_bound=max(len(keys) - 1, 0))
+    return pl.select(pl.when(keys.gather(found) == wanted).then(found)).to_series().alias("q_row")
 
 
 def build_reply_pairs(
@@ -61,26 +85,24 @@ def build_reply_pairs(
     response_sender_ids: list[str],
 ) -> tuple[pl.DataFrame, dict]:
     frame = messages.with_row_index("row").with_columns(
-        burst_starts(window_minutes).alias("burst_start"), is_bot(bot_sender_ids).alias("bot")
+        burst_starts(window_minutes).alias("burst_start"), is_bot(bot_sender_ids).alias("bot"),
+        (pl.col("chat_id") != pl.col("chat_id").shift(1)).fill_null(True).cum_sum().cast(pl.Int64).alias("chat_rank"),
+        (pl.col("text") == "").alias("empty"),
     )
     starts = frame.select(pl.col("row").filter(pl.col("burst_start"))).to_series()
     ends = pl.concat([starts.slice(1), pl.Series([frame.height], dtype=starts.dtype)])
-    burst_lengths = pl.DataFrame({"row": starts, "burst_length": ends - starts})
-    targets = frame.select(
-        "chat_id",
-        pl.col("message_id").alias("target_id"),
-        pl.col("kind").alias("q_kind"),
-        pl.col("text").alias("query"),
-        pl.col("sender_id").alias("query_sender_id"),
-        pl.col("date").alias("query_date"),
-        pl.col("forwarded").alias("q_forwarded"),
-        pl.col("via_bot").alias("q_via_bot"),
-        pl.col("bot").alias("q_bot"),
-    )
+    # A reply always starts a burst: the length of the burst it starts, by row.
+    burst_length = pl.zeros(frame.height, pl.UInt32, eager=True).scatter(starts, ends - starts)
     candidates = frame.filter((pl.col("kind") == "message") & pl.col("reply_to_message_id").is_not_null())
     candidates = candidates.with_columns(
         pl.when(pl.col("reply_to_chat_id").is_null()).then(pl.col("reply_to_message_id")).alias("target_id")
-    ).join(targets, on=["chat_id", "target_id"], how="left", maintain_order="left")
+    )
+    q_row = _target_rows(frame, candidates)
+    candidates = candidates.with_columns(q_row).with_columns(
+        frame.get_column(source).gather(q_row).alias(name) for source, name in (
+            ("kind", "q_kind"), ("sender_id", "query_sender_id"), ("forwarded", "q_forwarded"),
+            ("via_bot", "q_via_bot"), ("bot", "q_bot"), ("empty", "q_empty"))
+    )
     opted_out = pl.col("sender_id").is_in(opt_out_sender_ids) | pl.col("query_sender_id").is_in(opt_out_sender_ids)
     checks = [
         ("reply_into_other_chat", pl.col("reply_to_chat_id").is_not_null()),
@@ -93,7 +115,7 @@ def build_reply_pairs(
         ("query_via_bot", pl.col("q_via_bot").is_not_null()),
         ("query_from_bot", pl.col("q_bot")),
         ("response_empty", pl.col("text") == ""),
-        ("query_empty", pl.col("query") == ""),
+        ("query_empty", pl.col("q_empty")),
         ("self_reply", (pl.col("sender_id") == pl.col("query_sender_id")).fill_null(False)),
         ("opted_out", opted_out.fill_null(False)),
     ]
@@ -101,17 +123,19 @@ def build_reply_pairs(
         checks.append(("response_sender_not_selected", ~pl.col("sender_id").is_in(response_sender_ids).fill_null(False)))
     candidates = candidates.with_columns(first_reason(checks).alias("drop_reason"))
     dropped = count_reasons(candidates, "drop_reason", DROP_REASONS)
-    kept = (
-        candidates.filter(pl.col("drop_reason").is_null())
-        .join(burst_lengths, on="row", how="left", maintain_order="left")
-        .with_row_index("pair")
+    kept = candidates.filter(pl.col("drop_reason").is_null()).with_row_index("pair")
+    kept = kept.with_columns(  # the texts and dates of the replied-to messages, for the kept pairs only
+        burst_length.gather(kept.get_column("row")).alias("burst_length"),
+        frame.get_column("text").gather(kept.get_column("q_row")).alias("query"),
+        frame.get_column("date").gather(kept.get_column("q_row")).alias("query_date"),
     )
     single = kept.filter(pl.col("burst_length") == 1).select(
         "pair", pl.concat_list("message_id").alias("response_message_ids"), pl.col("text").alias("response"))
     longer = _burst_texts(frame, kept.filter(pl.col("burst_length") > 1))
-    pairs = (
-        kept.join(pl.concat([single, longer]), on="pair", how="left", maintain_order="left")
-        .select(
+    # Every pair is in exactly one of the two: sorted by pair number they line up with ``kept``.
+    responses = pl.concat([single, longer]).sort("pair")
+    pairs = kept.drop("response_message_ids", "response", strict=False).hstack(
+        responses.drop("pair")).select(
             "query",
             "response",
             "chat_id",
@@ -122,7 +146,6 @@ def build_reply_pairs(
             "query_date",
             pl.col("date").alias("response_date"),
         )
-    )
     burst_sizes = kept.get_column("burst_length")
     report = {
         "reply_candidates": candidates.height,
