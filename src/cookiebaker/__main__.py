@@ -1,5 +1,3 @@
-import sys
+from cookiebaker.cli import console
 
-from cookiebaker.cli import main
-
-sys.exit(main())
+console()
