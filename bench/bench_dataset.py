@@ -70,8 +70,8 @@ def run_measured(args: list[str]) -> tuple[float, int]:
     done.set()
     sampler.join()
     process.returncode = os.waitstatus_to_exitcode(status)
-    if status != 0:
-        raise SystemExit(f"{' '.join(args)} failed with status {status}")
+    if process.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed with exit code {process.returncode}")
     return elapsed, max(peak, usage.ru_maxrss * 1024)
 
 

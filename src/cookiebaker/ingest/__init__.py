@@ -24,7 +24,7 @@ from cookiebaker.ingest.decode import (
     message_spans,
     slice_json,
 )
-from cookiebaker.ingest.schema import KINDS, MESSAGE_COLUMNS, MESSAGE_SCHEMA
+from cookiebaker.ingest.schema import KINDS, MESSAGE_COLUMNS, MESSAGE_SCHEMA, sorted_by_chat_and_id
 from cookiebaker.io import write_json, write_parquet
 
 __all__ = ["IngestConfig", "run", "read_export", "find_export_files", "MESSAGE_COLUMNS", "MESSAGE_SCHEMA"]
@@ -143,15 +143,9 @@ def read_export(path: str | Path) -> pl.DataFrame:
     return pl.concat(frames, how="vertical") if frames else empty_frame()
 
 
-def _strictly_ordered(frame: pl.DataFrame) -> bool:
-    """Whether rows are sorted by (chat_id, message_id) with no key twice: then there is nothing to do."""
-    chat_step, id_step = pl.col("chat_id").diff(), pl.col("message_id").diff()
-    return frame.select(((chat_step > 0) | ((chat_step == 0) & (id_step > 0))).slice(1).all()).item()
-
-
 def deduplicate(frame: pl.DataFrame) -> tuple[pl.DataFrame, int]:
     """Sorted by (chat_id, message_id), one row per key: the latest edit wins, then the file read last."""
-    if _strictly_ordered(frame):
+    if sorted_by_chat_and_id(frame, strict=True):  # no key twice: nothing to do
         return frame, 0
     ordered = frame.with_row_index("_order").sort(["edited", "_order"], nulls_last=False)
     kept = ordered.unique(["chat_id", "message_id"], keep="last").drop("_order")

@@ -31,3 +31,10 @@ MESSAGE_COLUMNS: dict[str, tuple[pl.DataType, str]] = {
 
 MESSAGE_SCHEMA = pl.Schema({name: dtype for name, (dtype, _) in MESSAGE_COLUMNS.items()})
 KINDS = ("message", "service", "unsupported")
+
+
+def sorted_by_chat_and_id(frame: pl.DataFrame, *, strict: bool) -> bool:
+    """Whether rows are sorted by (chat_id, message_id), as ``ingest`` writes them; ``strict``: no key twice."""
+    chat_step, id_step = pl.col("chat_id").diff(), pl.col("message_id").diff()
+    id_ascends = id_step > 0 if strict else id_step >= 0
+    return frame.select(((chat_step > 0) | ((chat_step == 0) & id_ascends)).slice(1).all()).item()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 
 from cookiebaker.errors import DatasetError
-from cookiebaker.ingest.schema import MESSAGE_SCHEMA
+from cookiebaker.ingest.schema import MESSAGE_SCHEMA, sorted_by_chat_and_id
 
 REQUIRED_COLUMNS = ("chat_id", "message_id", "kind", "date", "sender", "sender_id", "text",
                     "reply_to_message_id", "reply_to_chat_id", "forwarded", "via_bot")
@@ -26,9 +26,7 @@ def read_messages(path: str) -> pl.DataFrame:
     if wrong:
         raise DatasetError(f"{path}: column(s) {', '.join(wrong)} have the wrong type")
     messages = pl.read_parquet(path, columns=list(REQUIRED_COLUMNS))
-    chat_step, id_step = pl.col("chat_id").diff(), pl.col("message_id").diff()
-    ordered = messages.select(((chat_step > 0) | ((chat_step == 0) & (id_step >= 0))).slice(1).all()).item()
-    return messages if ordered else messages.sort(["chat_id", "message_id"])  # ingest writes them sorted
+    return messages if sorted_by_chat_and_id(messages, strict=False) else messages.sort(["chat_id", "message_id"])
 
 
 def is_bot(bot_sender_ids: list[str]) -> pl.Expr:
