@@ -15,8 +15,8 @@ import asyncio
 import json
 import socket
 import statistics
-import sys
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,8 +24,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
+from cookiebaker.backends import Backend, Sampling  # noqa: E402
 from cookiebaker.serve import ServeConfig, build_app  # noqa: E402
-from cookiebaker.serve.backends import Backend, Sampling  # noqa: E402
 
 
 class Instant(Backend):

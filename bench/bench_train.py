@@ -52,8 +52,8 @@ def plain_recipe(data: Path, base: str, samples: int, seed: int) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, set_seed
 
+    from cookiebaker.chat import samples_to_messages
     from cookiebaker.train import DEFAULT_TARGET_MODULES
-    from cookiebaker.train.formatting import samples_to_messages
 
     tokenizer = AutoTokenizer.from_pretrained(base)
     rows = []
@@ -98,7 +98,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("COOKIEBAKER_PROGRESS", "off")
     args.workdir.mkdir(parents=True, exist_ok=True)
-    from cookiebaker.train.models import resolve_base_model
+    from cookiebaker.models import resolve_base_model
 
     base = resolve_base_model(args.base_model)
     data = sample_table(args.workdir, args.samples)

@@ -86,6 +86,14 @@ def test_demo_quick_runs_the_whole_chain(tmp_path: Path, embedded_cache: Path) -
         assert entry["pairs"] > 30 and Path(entry["gguf"]).is_file() and entry["gguf"].endswith(".q8_0.gguf")
         assert isinstance(entry["reply"], str) and entry["reply"].strip()
         assert entry["eval_loss_after"] < entry["eval_loss_before"]
+        measured = {"loss", "echo_rate", "loop_rate", "empty_rate", "stop_rate", "distinct_2", "mean_reply_words"}
+        assert measured <= set(entry["eval"]["tuned"]) and measured <= set(entry["eval"]["base"])
+        assert {"mean_reply_words", "distinct_2"} <= set(entry["eval"]["real"])
+        assert entry["eval"]["tuned"]["generated"] == 8
+        assert "holds chat text" in Path(entry["eval_report"]).read_text()
+        assert f"side by side (holds chat text): {entry['eval_report']}" in result.stdout
+        assert len(entry["side_by_side"]) == 3 and {"query", "real", "tuned", "base"} <= set(entry["side_by_side"][0])
+    assert result.stdout.count("echoes the query") == 2
     assert "cookiebaker serve --sfw-model" in result.stdout and "ollama create" in result.stdout
     charts = {Path(p).name for p in summary["charts"]}
     assert {f"{label}_{kind}.png" for label in ("SFW", "NSFW")
@@ -111,6 +119,14 @@ def test_full_demo(tmp_path: Path, embedded_cache: Path) -> None:
     for label in ("SFW", "NSFW"):
         assert summary[label]["eval_loss_after"] < summary[label]["eval_loss_before"]
         assert summary[label]["reply"].strip()
+        # The product's bar, measured on the served GGUF's replies to held-out queries.
+        tuned, base, real = (summary[label]["eval"][name] for name in ("tuned", "base", "real"))
+        assert tuned["generated"] == 64
+        assert tuned["echo_rate"] <= 0.05 and tuned["loop_rate"] == 0 and tuned["empty_rate"] == 0, tuned
+        assert tuned["stop_rate"] >= 0.95 and tuned["template_leak_rate"] == 0, tuned
+        assert tuned["loss"] < base["loss"]
+        assert abs(tuned["mean_reply_words"] - real["mean_reply_words"]) < \
+            abs(base["mean_reply_words"] - real["mean_reply_words"])
 
 
 def test_params_yaml_is_valid_for_every_stage() -> None:
@@ -129,6 +145,9 @@ def test_params_yaml_is_valid_for_every_stage() -> None:
                          (MergeConfig, "merge"), (ExportConfig, "export")):
         build_config(cls, section, params)
     build_config(ServeConfig, "serve", params, {"sfw_model": "x"})
+    from cookiebaker.eval import EvalConfig
+
+    assert build_config(EvalConfig, "eval", params).max_samples == 64
     recipe = build_config(TrainConfig, "train", params)
     assert (recipe.lora_r, recipe.batch_size, recipe.grad_accum, recipe.learning_rate, recipe.warmup_steps,
             recipe.max_steps) == (8, 1, 16, 1e-5, 15, 150)

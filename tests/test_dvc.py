@@ -24,22 +24,21 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 def test_dvc_repro_from_a_fresh_clone(tmp_path: Path, tiny_gemma: Path) -> None:
     clone = tmp_path / "clone"
-    if (REPO / ".git").exists():
-        _run(["git", "clone", "-q", str(REPO), str(clone)], tmp_path)
-    else:
-        clone.mkdir()
-        _run(["git", "init", "-q"], clone)
+    _run(["git", "clone", "-q", str(REPO), str(clone)], tmp_path)
     for name in ("dvc.yaml", "params.yaml"):
         shutil.copy(REPO / name, clone / name)  # the working tree's versions, committed or not
     params = yaml.safe_load((clone / "params.yaml").read_text())
     # The production base model is a hub download: train a tiny local one, briefly, offline.
     params["train"].update(base_model=str(tiny_gemma), max_steps=2, warmup_steps=1, save_steps=2, grad_accum=1,
                            batch_size=4, report_to=["none"])
+    params["eval"].update(max_samples=4, max_new_tokens=8)
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (clone / "data").mkdir(exist_ok=True)
     shutil.copy(REPO / "data" / ".gitignore", clone / "data" / ".gitignore")
     dvc = str(Path(sys.executable).with_name("dvc"))
-    _run([dvc, "init", "-q", "-f"], clone)
+    # The README's step works in a plain clone: the repository carries its .dvc/ folder, analytics off.
+    assert (clone / ".dvc" / "config").is_file(), "commit .dvc/ (dvc init): a fresh clone is no DVC repository"
+    assert "analytics = false" in (clone / ".dvc" / "config").read_text()
     write_sample_exports(clone / "data", messages_per_chat=120)
     _run([dvc, "repro"], clone)
     for label in ("SFW", "NSFW"):
@@ -51,7 +50,13 @@ def test_dvc_repro_from_a_fresh_clone(tmp_path: Path, tiny_gemma: Path) -> None:
         assert (clone / "reports" / f"train_{label}_loss.json").is_file()
         assert (clone / "models" / f"{label}_gguf" / f"cookiebaker-{label.lower()}.f16.gguf").is_file()
         assert json.loads((clone / "reports" / f"export_{label}.json").read_text())["parity"]["agreement"] == 1.0
+        evaluated = json.loads((clone / "reports" / f"eval_{label}.json").read_text())
+        assert evaluated["base_model"] == str(tiny_gemma) and evaluated["tuned"]["loss"] > 0
+        assert "holds chat text" in (clone / "reports" / f"eval_{label}.md").read_text()
     again = _run([dvc, "repro"], clone)
     assert "Data and pipelines are up to date" in again.stdout
     metrics = _run([dvc, "metrics", "show", "--json"], clone)
     assert "pairs_SFW.json" in metrics.stdout and "train_NSFW.json" in metrics.stdout
+    assert "eval_NSFW.json" in metrics.stdout
+    ignored = _run(["git", "check-ignore", "reports/eval_SFW.md", "reports/eval_NSFW.samples.json"], clone)
+    assert "eval_SFW.md" in ignored.stdout and "eval_NSFW.samples.json" in ignored.stdout  # chat text: not in git

@@ -13,9 +13,9 @@ from conftest import run_cli
 from cookiebaker import export
 from cookiebaker.errors import ModelError
 from cookiebaker.export import ExportConfig
-from cookiebaker.export.modelfile import CHATML, GEMMA, render_modelfile
 from cookiebaker.export.push import PushConfig, PushError
-from cookiebaker.export.tokenizer_fix import AmbiguousMerges, rewrite_merges
+from cookiebaker.modelfile import CHATML, GEMMA, render_modelfile
+from cookiebaker.tokenizer_fix import AmbiguousMerges, rewrite_merges
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,10 @@ def test_export_matches_transformers(merged: Path, tmp_path: Path, kind: str) ->
 def test_k_quant_reports_agreement(merged: Path, tmp_path: Path) -> None:
     report = export.run(ExportConfig(model=str(merged), output_dir=str(tmp_path), name="k", quantize="q4_K_M"))
     assert (tmp_path / "k.q4_K_M.gguf").is_file() and not list(tmp_path.glob(".k.f16*"))
-    assert 0 <= report["parity"]["agreement"] <= 1
+    prompts = report["parity"]["prompts"]
+    assert len(prompts) == 3 and all(item["tokenizer_matches"] for item in prompts)
+    assert report["parity"]["agreement"] == sum(item["agrees"] for item in prompts) / len(prompts)
+    assert all(item["agreed_tokens"] <= item["compared_tokens"] for item in prompts)
 
 
 def test_gemma_without_tokenizer_model(merged: Path, tmp_path: Path) -> None:

@@ -16,8 +16,8 @@ from cookiebaker.ingest.schema import MESSAGE_SCHEMA
 REAL_FILES = [
     "akarsh1995/telegram.json", "bitnada/result-2021.json", "dogs_community/result.json",
     "innerdvations/private_channel.json", "innerdvations/public_supergroup.json", "innerdvations/saved.json",
-    "pachumarchive/result.json", "ragtgbot/result.json", "tg2md/result.json", "trantor_library/result.json",
-    "uponthepathofsalaf/result.json",
+    "pachumarchive/result.json", "ragtgbot/result.json", "tele_statistics_offline/result.json", "tg2md/result.json",
+    "trantor_library/result.json", "uponthepathofsalaf/result.json",
 ]
 
 
@@ -113,9 +113,9 @@ def test_full_account_layout_and_duplicate_chats(telegram_dir: Path, tmp_path: P
 def test_folder_of_every_real_export(telegram_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "all.parquet"
     report = ingest.run(IngestConfig(inputs=[str(telegram_dir)], output=str(out)))
-    assert report["files_read"] == len(REAL_FILES) and report["chats"] == 11
+    assert report["files_read"] == len(REAL_FILES) and report["chats"] == 12
     frame = pl.read_parquet(out)
-    assert frame.height == report["rows"] == 8411 - 6
+    assert frame.height == report["rows"] == 8411 + 1997 - 6
     assert frame.select(pl.struct("chat_id", "message_id").is_unique().all()).item()
     assert Path(str(out) + ".config.yaml").is_file()
     assert json.loads((tmp_path / "all_ingest.json").read_text())["rows"] == frame.height

@@ -8,8 +8,8 @@ import pytest
 from conftest import REPO, msg, service, synth_export, write_chat
 
 from cookiebaker import ingest, pairs
-from cookiebaker.errors import ConfigError, DatasetError
 from cookiebaker.config import build_config
+from cookiebaker.errors import ConfigError, DatasetError
 from cookiebaker.pairs import PairsConfig
 from cookiebaker.pairs.privacy import Scrubber, luhn_valid
 

@@ -8,9 +8,9 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from cookiebaker.backends import Backend, BackendUnavailable, Sampling, sampling_from_modelfile
 from cookiebaker.errors import ConfigError
 from cookiebaker.serve import ServeConfig, build_app, run
-from cookiebaker.serve.backends import Backend, BackendUnavailable, Sampling, sampling_from_modelfile
 
 
 class Echo(Backend):
@@ -267,3 +267,16 @@ def test_ollama_backend_against_a_fake_ollama(tmp_path: Path, monkeypatch) -> No
         server.server_close()
     down = TestClient(build_app(config)).post("/webhook/response", json={"prompt": "hi", "chat_id": 2})
     assert down.status_code == 503 and "not answering" in down.json()["error"]
+
+
+def test_the_same_model_for_both_routes_is_loaded_once(tmp_path: Path, monkeypatch) -> None:
+    import cookiebaker.backends
+
+    opened = []
+    monkeypatch.setattr(cookiebaker.backends, "open_backend", lambda reference: opened.append(reference) or Echo())
+    config = ServeConfig(sfw_model="one.gguf", nsfw_model="one.gguf", history_db=str(tmp_path / "h.sqlite3"))
+    build_app(config)
+    assert opened == ["one.gguf"]
+    opened.clear()
+    build_app(config.model_copy(update={"nsfw_model": "two.gguf"}))
+    assert opened == ["one.gguf", "two.gguf"]

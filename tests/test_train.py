@@ -13,10 +13,10 @@ import torch
 from conftest import run_cli
 
 from cookiebaker import train
-from cookiebaker.errors import ConfigError, DatasetError
+from cookiebaker.chat import IGNORE, encode, normalize, supports_system_role
 from cookiebaker.config import build_config
+from cookiebaker.errors import ConfigError, DatasetError
 from cookiebaker.train import TrainConfig, split_indices
-from cookiebaker.train.formatting import IGNORE, encode, normalize, supports_system_role
 
 FAST = {"warmup_steps": 1, "learning_rate": 3e-3, "grad_accum": 2, "batch_size": 4, "report_to": ["none"]}
 
@@ -58,7 +58,7 @@ def test_truncation_keeps_the_answer_end(tiny_gemma: Path) -> None:
 def test_chatml_formatting_of_the_embedded_model(embedded_cache: Path) -> None:
     from transformers import AutoTokenizer
 
-    from cookiebaker.train.models import resolve_base_model
+    from cookiebaker.models import resolve_base_model
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_base_model("embedded:smollm2-135m"))
     assert supports_system_role(tokenizer)

@@ -19,7 +19,8 @@ Turn consented Telegram Desktop chat exports into fine-tuned chat responders.
 
 Only export chats whose participants agreed that their messages are used for training.
 Stages: ingest (exports → messages table) → pairs (messages → training samples)
-→ train (LoRA adapter) → merge (standalone model) → export (GGUF + Modelfile) → push (Ollama).
+→ train (LoRA adapter) → merge (standalone model) → export (GGUF + Modelfile) → push (Ollama)
+→ eval (the replies: tuned vs base on the held-out samples) → serve (HTTP).
 Every option also lives in params.yaml (one section per stage); flags override it."""
 
 
@@ -139,6 +140,28 @@ def _build_parser() -> argparse.ArgumentParser:
     push.add_argument("--host", help="Ollama server for the REST API (default: OLLAMA_HOST or 127.0.0.1:11434)")
     _add_params_option(push)
 
+    evaluate = commands.add_parser(
+        "eval", help="measure the replies: tuned responder and its base on the samples train held out",
+        description="Evaluate a responder on exactly the samples `cookiebaker train` held out (heldout.json beside "
+                    "the adapter): response-only loss, and replies generated through the backend `serve` uses, with "
+                    "the export's sampling settings and a fixed seed, measured for echoes of the query, loops, empty "
+                    "replies, stops on the end-of-turn token, chat-template leaks, distinct bigrams and length, "
+                    "beside the base model and the real responses. Writes a JSON report (numbers only, a DVC "
+                    "metric) and a Markdown side-by-side table (holds chat text).")
+    evaluate.add_argument("--model", metavar="REF", help="export folder, .gguf, merged folder or ollama:NAME")
+    evaluate.add_argument("--data", help="the samples table the model was trained on")
+    evaluate.add_argument("--output", help="JSON report (default: reports/eval.json; the .md goes beside it)")
+    evaluate.add_argument("--markdown", help="side-by-side Markdown report (default: the output with .md)")
+    evaluate.add_argument("--split", help="heldout.json written by train (default: found from the model)")
+    evaluate.add_argument("--base-model", metavar="REF",
+                          help="base to compare with (default: the one train recorded; 'none': no comparison)")
+    evaluate.add_argument("--max-samples", type=int, help="held-out queries answered per model (default 64)")
+    evaluate.add_argument("--max-new-tokens", type=int, help="longest generated reply in tokens (default 64)")
+    evaluate.add_argument("--seed", type=int, help="sampling seed (default 0)")
+    evaluate.add_argument("--temperature", type=float, help="override the export's temperature")
+    evaluate.add_argument("--top-p", type=float, help="override the export's top_p")
+    _add_params_option(evaluate)
+
     serve = commands.add_parser(
         "serve", help="serve the SFW and NSFW responders over HTTP",
         description="One HTTP service for both responders: POST /webhook/response routes a client's message by "
@@ -257,6 +280,31 @@ def _run_push(args: argparse.Namespace) -> None:
     print("push: " + "; ".join(steps))
 
 
+def _run_eval(args: argparse.Namespace) -> None:
+    from cookiebaker import eval as evaluation
+
+    names = ["model", "data", "output", "markdown", "split", "base_model", "max_samples", "max_new_tokens", "seed",
+             "temperature", "top_p"]
+    config = build_config(evaluation.EvalConfig, "eval", read_params(args.params), _overrides(args, names))
+    report = evaluation.run(config)
+    print(f"eval: {report['heldout_samples']} held-out samples, {report['generated']} answered → {config.output}")
+    print(f"  {'':6} {'loss':>7} {'echo':>6} {'loop':>6} {'empty':>6} {'stop':>6} {'leak':>6} {'dist-2':>7} "
+          f"{'words':>6}")
+    for name in ("tuned", "base", "real"):
+        if name in report:
+            print("  " + _eval_row(name, report[name]))
+
+
+def _eval_row(name: str, values: dict) -> str:
+    def cell(key: str, width: int) -> str:
+        value = values.get(key)
+        return f"{'–' if value is None else f'{value:.3f}' if key != 'mean_reply_words' else f'{value:.1f}':>{width}}"
+
+    return (f"{name:6} {cell('loss', 7)} {cell('echo_rate', 6)} {cell('loop_rate', 6)} {cell('empty_rate', 6)} "
+            f"{cell('stop_rate', 6)} {cell('template_leak_rate', 6)} {cell('distinct_2', 7)} "
+            f"{cell('mean_reply_words', 6)}")
+
+
 def _run_serve(args: argparse.Namespace) -> None:
     from cookiebaker import serve
 
@@ -282,7 +330,7 @@ def _run_demo(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {"ingest": _run_ingest, "pairs": _run_pairs, "train": _run_train, "merge": _run_merge,
-            "export": _run_export, "push": _run_push, "serve": _run_serve, "report": _run_report,
+            "export": _run_export, "push": _run_push, "eval": _run_eval, "serve": _run_serve, "report": _run_report,
             "demo": _run_demo}
 
 

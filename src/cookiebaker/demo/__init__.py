@@ -24,24 +24,28 @@ from cookiebaker.progress import progress_bar
 log = logging.getLogger(__name__)
 
 LABELS = ("SFW", "NSFW")
+SIDE_BY_SIDE_ROWS = 3
 PROMPTS = {"SFW": "anyone up for board games on friday?", "NSFW": "who drank all my damn beer"}
 
 
 class DemoConfig(StageConfig):
     workdir: str = "demo"
     """Folder that receives the sample exports, every stage's outputs and summary.json."""
-    messages_per_chat: int = Field(300, ge=20)
+    messages_per_chat: int = Field(600, ge=20)
     """Size of each sample chat."""
     base_model: str = "embedded:smollm2-135m"
     """Base model (the embedded one needs no hub)."""
-    max_steps: int = Field(24, ge=1)
-    """Optimizer steps per label: a short CPU schedule."""
+    max_steps: int = Field(60, ge=1)
+    """Optimizer steps per label: a short CPU schedule (about two passes over the training pairs; 24 steps
+    left responders that echo the query: see the README)."""
     batch_size: int = Field(8, ge=1)
     """Samples per step (padding-free)."""
-    learning_rate: float = Field(2e-4, gt=0)
-    """Higher than the product's 1e-5: the demo has a few steps, not 150 × 16 samples."""
+    learning_rate: float = Field(6e-4, gt=0)
+    """Higher than the product's 1e-5: the demo has 60 steps of 8 samples, not 150 × 16 samples."""
     quantize: str = "q8_0"
     """GGUF type of the exports."""
+    eval_samples: int = Field(64, ge=1)
+    """Held-out queries each responder (and its base) answers in the eval stage."""
     quick: bool = False
     """A minimal run for the test suite: tiny chats, two steps."""
 
@@ -85,6 +89,7 @@ def _ask_the_service(workdir: Path, exports: dict[str, Path]) -> dict[str, str]:
 
 
 def run(config: DemoConfig) -> dict:
+    from cookiebaker import eval as evaluation
     from cookiebaker import export, merge, train
 
     started = time.perf_counter()
@@ -96,7 +101,8 @@ def run(config: DemoConfig) -> dict:
         write_sample_exports(data, messages_per_chat)
     summary: dict = {}
     exports: dict[str, Path] = {}
-    stages = [(label, stage) for label in LABELS for stage in ("ingest", "pairs", "train", "merge", "export")]
+    stages = [(label, stage) for label in LABELS
+              for stage in ("ingest", "pairs", "train", "merge", "export", "eval")]
     with progress_bar() as progress:
         task = progress.add_task("demo", total=len(stages) + 1)
         for label, stage in stages:
@@ -114,7 +120,7 @@ def run(config: DemoConfig) -> dict:
                     data=str(qa), output_dir=str(adapter), report=str(reports / f"train_{label}.json"),
                     base_model=config.base_model, max_steps=steps, batch_size=config.batch_size, grad_accum=1,
                     learning_rate=config.learning_rate, warmup_steps=min(3, steps - 1), save_steps=steps,
-                    eval_fraction=0.1, max_eval_samples=24, report_to=["tensorboard"]))
+                    eval_fraction=0.2, max_eval_samples=config.eval_samples, report_to=["tensorboard"]))
             elif stage == "merge" and not (merged / "model.safetensors").is_file():
                 merge.run(merge.MergeConfig(adapter=str(adapter), output=str(merged)))
             elif stage == "export" and not (gguf_dir / "export.json").is_file():
@@ -122,6 +128,10 @@ def run(config: DemoConfig) -> dict:
                                                name=f"cookiebaker-{label.lower()}", quantize=config.quantize,
                                                report=str(reports / f"export_{label}.json"),
                                                check_tokens=8 if config.quick else 16))
+            elif stage == "eval" and not (reports / f"eval_{label}.json").is_file():
+                evaluation.run(evaluation.EvalConfig(
+                    model=str(gguf_dir), data=str(qa), output=str(reports / f"eval_{label}.json"),
+                    max_samples=8 if config.quick else config.eval_samples, max_new_tokens=48))
             progress.advance(task)
             exports[label] = gguf_dir
         progress.update(task, description="serve")
@@ -131,6 +141,7 @@ def run(config: DemoConfig) -> dict:
         metrics = json.loads((models / label / "metrics.json").read_text())
         exported = json.loads((models / f"{label}_gguf" / "export.json").read_text())
         pairs_report = json.loads((reports / f"pairs_{label}.json").read_text())
+        evaluated = json.loads((reports / f"eval_{label}.json").read_text())
         summary[label] = {
             "eval_loss_before": metrics["eval_loss_before"],
             "eval_loss_after": metrics["eval_loss_after"],
@@ -139,6 +150,9 @@ def run(config: DemoConfig) -> dict:
             "pairs": pairs_report["pairs"],
             "train_seconds": metrics["train_seconds"],
             "parity_agreement": exported["parity"]["agreement"] if exported["parity"] else None,
+            "eval": {name: evaluated[name] for name in ("tuned", "base", "real") if name in evaluated},
+            "eval_report": str(reports / f"eval_{label}.md"),
+            "side_by_side": json.loads((reports / f"eval_{label}.samples.json").read_text())[:SIDE_BY_SIDE_ROWS],
         }
     from cookiebaker import report
 
@@ -149,6 +163,22 @@ def run(config: DemoConfig) -> dict:
     return summary
 
 
+def _print_eval(evaluated: dict) -> None:
+    """The eval stage's numbers for one label, tuned beside base beside the real responses."""
+    names = [name for name in ("tuned", "base", "real") if name in evaluated]
+    print(f"    eval on held-out queries: {'':14}" + "".join(f"{name:>8}" for name in names))
+    for key, title in (("loss", "loss"), ("echo_rate", "echoes the query"), ("loop_rate", "loops"),
+                       ("empty_rate", "empty"), ("stop_rate", "stops by itself"), ("mean_reply_words", "words"),
+                       ("distinct_2", "distinct bigrams")):
+        values = [evaluated[name].get(key) for name in names]
+        print(f"      {title:38}" + "".join(f"{'–' if v is None else f'{v:.2f}':>8}" for v in values))
+
+
+def _one_line(text: str, width: int = 60) -> str:
+    text = " / ".join(line.strip() for line in text.splitlines() if line.strip())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def _print_summary(workdir: Path, summary: dict) -> None:
     print(f"\ncookiebaker demo finished in {summary['total_seconds']:.0f} s — everything is in {workdir}/")
     for label in LABELS:
@@ -157,6 +187,11 @@ def _print_summary(workdir: Path, summary: dict) -> None:
               f"{s['eval_loss_after']:.3f} in {s['train_seconds']:.0f} s of training")
         print(f"    GGUF: {s['gguf']}")
         print(f"    asked \"{PROMPTS[label]}\" → \"{s['reply']}\"")
+        _print_eval(s["eval"])
+        for row in s["side_by_side"]:
+            print(f"      \"{_one_line(row['query'])}\"  real: \"{_one_line(row['real'])}\"")
+            print(f"        tuned: \"{_one_line(row['tuned'])}\"  base: \"{_one_line(row.get('base', ''))}\"")
+        print(f"    side by side (holds chat text): {s['eval_report']}")
     print("\n  serve both responders:  cookiebaker serve "
           f"--sfw-model {workdir}/models/SFW_gguf --nsfw-model {workdir}/models/NSFW_gguf")
     print(f"  or in Ollama:           cd {workdir}/models/SFW_gguf && ollama create cookiebaker-sfw -f Modelfile")

@@ -1,6 +1,7 @@
 """Sample Telegram Desktop exports for the demo: invented people and chats, no real data.
 
-Each chat is stitched from short scripted exchanges. A line of a script is ``(speaker, text, kind)``:
+Each chat is stitched from short scripted exchanges. A line of a script is ``(speaker, text, kind)``
+(text: one phrasing or a list of them, with {slots} filled once per exchange):
 speaker is an index into the chat's members, kind is "reply" (replies to the previous line of the script),
 "burst" (the same speaker goes on within seconds) or "" (a plain message).
 """
@@ -15,55 +16,149 @@ from pathlib import Path
 SFW_MEMBERS = ["Marta Quill", "Tobias Fern", "Ines Arcos", "Leo Brandt", "Priya Nair"]
 NSFW_MEMBERS = ["Dex Moreau", "Sal Okafor", "Rudy Vance", "Kim Lutz"]
 
+# A script line's text may be a list of phrasings (one is picked) and may name slots ({day}, {food}, …) that
+# are filled once per exchange from the chat's SLOTS, so that the same kind of exchange comes back with other
+# words and a held-out query is a new combination, not a copy of a trained one.
+SFW_SLOTS = {
+    "day": ["friday", "saturday", "sunday", "tuesday", "thursday", "tomorrow", "tonight"],
+    "game": ["board games", "trivia night", "a movie night", "bowling", "mini golf", "a picnic", "karaoke"],
+    "snack": ["snacks", "cookies", "chips", "lemonade", "a cake", "popcorn", "dumplings"],
+    "time": ["7", "8", "half past 6", "noon", "9ish", "6 sharp"],
+    "shop": ["bakery", "coffee place", "bookshop", "noodle bar", "flower shop", "cheese shop"],
+    "street": ["5th", "Main street", "the corner by the park", "Elm road", "the market square"],
+    "treat": ["cinnamon rolls", "croissants", "scones", "lemon tarts", "almond buns"],
+    "thing": ["sourdough starter", "basil plant", "old laptop", "bike tyre", "umbrella", "phone charger"],
+    "book": ["a sci-fi book about a generation ship", "a mystery set on a train", "a memoir about sailing",
+             "a fantasy series with dragons", "a cookbook from Lisbon"],
+    "transport": ["train", "bus", "tram", "ferry"],
+    "minutes": ["ten", "twenty", "thirty", "forty"],
+    "dish": ["ramen", "tacos", "dumplings", "curry", "pho", "pizza"],
+    "place": ["the one by the station", "the place near the library", "the food truck", "the old diner"],
+    "pet": ["fern", "cactus", "orchid", "goldfish", "cat"],
+    "event": ["concert", "theatre", "football", "comedy show", "festival"],
+    "name": ["Leo", "Marta", "Ines", "Tobias", "Priya"],
+}
+
 SFW_SCRIPTS = [
-    [(0, "anyone up for board games on friday?", ""), (1, "count me in, I'll bring snacks", "reply"),
-     (1, "and the new expansion", "burst"), (2, "friday works, what time?", "reply"), (0, "around 7", "reply")],
-    [(3, "the bakery on 5th finally reopened", ""), (4, "no way, are the cinnamon rolls back?", "reply"),
-     (3, "yes and they're still warm at 8am", "reply"), (3, "I already had two", "burst")],
-    [(2, "my sourdough starter died again", ""), (0, "did you forget to feed it?", "reply"),
-     (2, "I fed it! it just gave up on life", "reply"), (1, "I can give you some of mine", "reply"),
-     (2, "you're a hero", "reply")],
-    [(4, "what's everyone reading lately?", ""), (3, "a sci-fi book about a generation ship", "reply"),
-     (3, "slow start but great ending", "burst"), (0, "send me the title", "reply")],
-    [(1, "the train is delayed again", ""), (2, "how long?", "reply"), (1, "twenty minutes, maybe more", "reply"),
-     (4, "start without me then", "reply")],
-    [(0, "happy birthday Leo!! 🎂", ""), (3, "thank you all ❤️", "reply"), (3, "cake at my place at 6", "burst"),
-     (2, "I'll be there", "reply")],
-    [(2, "does anyone know a good bike mechanic?", ""), (4, "the shop next to the library is honest", "reply"),
-     (2, "thanks, my brakes are squeaking like crazy", "reply")],
-    [(3, "rain all weekend apparently", ""), (1, "perfect excuse for a movie marathon", "reply"),
-     (0, "I vote for the old detective films", "reply"), (1, "deal, I'll make popcorn", "reply")],
-    [(4, "tried the new ramen place, it's amazing", ""), (0, "better than the one by the station?", "reply"),
-     (4, "way better, the broth is incredible", "reply"), (4, "go before it gets famous", "burst")],
-    [(1, "can someone water my plants while I'm away?", ""), (2, "sure, how often?", "reply"),
-     (1, "every two days, the fern is dramatic", "reply"), (2, "got it, I'll talk to it too", "reply")],
-    [(0, "who took the last cookie from the jar", ""), (3, "I plead the fifth", "reply"),
-     (0, "I knew it", "reply"), (0, "you owe me a batch now", "burst")],
-    [(2, "the concert tickets go on sale at noon", ""), (4, "setting an alarm right now", "reply"),
-     (1, "get me two if you can", "reply"), (4, "will try, the site always crashes", "reply")],
+    [(0, ["anyone up for {game} on {day}?", "who's in for {game} {day}?", "{game} on {day}, anyone?"], ""),
+     (1, ["count me in, I'll bring {snack}", "I'm in! I'll bring {snack}", "yes please, I've got {snack}"], "reply"),
+     (1, ["and good vibes", "maybe some music too", "can't wait"], "burst"),
+     (2, ["{day} works, what time?", "I can do {day}, when?", "sounds fun, what time?"], "reply"),
+     (0, ["around {time}", "let's say {time}", "{time} at mine"], "reply")],
+    [(3, ["the {shop} on {street} finally reopened", "the {shop} on {street} is open again"], ""),
+     (4, ["no way, are the {treat} back?", "finally! do they still do {treat}?"], "reply"),
+     (3, ["yes and they're still warm at 8am", "yes, and they're even better than before"], "reply"),
+     (3, ["I already had two", "I might go back tomorrow", "bring me one next time"], "burst")],
+    [(2, ["my {thing} died again", "my {thing} gave up on me", "RIP my {thing}"], ""),
+     (0, ["did you forget about it?", "oh no, what happened?", "again?? what did you do"], "reply"),
+     (2, ["I did everything right! it just gave up on life", "no idea, it was fine yesterday"], "reply"),
+     (1, ["I can lend you mine", "I have a spare one you can have", "want me to bring you one?"], "reply"),
+     (2, ["you're a hero", "you're the best", "thank you, lifesaver"], "reply")],
+    [(4, ["what's everyone reading lately?", "any good book recommendations?", "I need a new book"], ""),
+     (3, ["{book}", "just finished {book}", "I'm halfway through {book}"], "reply"),
+     (3, ["slow start but great ending", "couldn't put it down", "totally worth it"], "burst"),
+     (0, ["send me the title", "ooh lend it to me after", "adding it to my list"], "reply")],
+    [(1, ["the {transport} is delayed again", "stuck on the {transport}, it's not moving", "{transport} cancelled, ugh"], ""),
+     (2, ["how long?", "oh no, how late will you be?", "again? how bad is it"], "reply"),
+     (1, ["{minutes} minutes, maybe more", "at least {minutes} minutes", "they say {minutes} minutes"], "reply"),
+     (4, ["start without me then", "we'll save you a seat", "no stress, we'll wait"], "reply")],
+    [(0, ["happy birthday {name}!! 🎂", "it's {name}'s birthday today 🎉", "happy birthday {name}! 🥳"], ""),
+     (3, ["thank you all ❤️", "aww thanks everyone", "you're all sweet, thank you"], "reply"),
+     (3, ["cake at my place at {time}", "drinks at mine at {time}", "come by at {time} for cake"], "burst"),
+     (2, ["I'll be there", "wouldn't miss it", "see you then!"], "reply")],
+    [(2, ["does anyone know a good bike mechanic?", "who fixes bikes around here?", "my bike needs a repair, any tips?"], ""),
+     (4, ["the shop next to the library is honest", "try the guy at the market, he's cheap", "I fix mine at the co-op"], "reply"),
+     (2, ["thanks, my brakes are squeaking like crazy", "great, the chain keeps falling off", "perfect, thanks!"], "reply")],
+    [(3, ["rain all weekend apparently", "it's going to pour all {day}", "forecast says storms {day}"], ""),
+     (1, ["perfect excuse for a movie marathon", "time for soup and blankets", "great, indoor plans then"], "reply"),
+     (0, ["I vote for the old detective films", "I'll bring {snack}", "my place has the biggest couch"], "reply"),
+     (1, ["deal, I'll make popcorn", "deal!", "perfect, see you there"], "reply")],
+    [(4, ["tried the new {dish} place, it's amazing", "the new {dish} spot is so good", "best {dish} I've had in years"], ""),
+     (0, ["better than {place}?", "where is it?", "ooh what did you get?"], "reply"),
+     (4, ["way better, the food is incredible", "trust me, it's worth the walk", "the spicy one, so good"], "reply"),
+     (4, ["go before it gets famous", "we should all go {day}", "I'm going back {day}"], "burst")],
+    [(1, ["can someone water my plants while I'm away?", "anyone free to feed my {pet} next week?"], ""),
+     (2, ["sure, how often?", "I can do it, what do I need to know?", "happy to, when do you leave?"], "reply"),
+     (1, ["every two days, the {pet} is dramatic", "just once a day, it's easy", "from {day}, keys are under the mat"], "reply"),
+     (2, ["got it, I'll talk to it too", "no problem, consider it done", "easy, enjoy your trip!"], "reply")],
+    [(0, ["who took the last cookie from the jar", "who ate my {treat}??", "someone finished the {snack} again"], ""),
+     (3, ["I plead the fifth", "wasn't me 👀", "no comment"], "reply"),
+     (0, ["I knew it", "unbelievable", "I'm telling everyone"], "reply"),
+     (0, ["you owe me a batch now", "you're buying the next round", "replace them by {day}!"], "burst")],
+    [(2, ["the {event} tickets go on sale at noon", "{event} tickets drop {day}!", "who wants {event} tickets?"], ""),
+     (4, ["setting an alarm right now", "I'll try to get some", "ooh I'm in"], "reply"),
+     (1, ["get me two if you can", "one for me please!", "I'll pay you back {day}"], "reply"),
+     (4, ["will try, the site always crashes", "no promises but I'll try", "sure thing"], "reply")],
+    [(3, ["coffee {day} before work?", "anyone want coffee {day} morning?", "breakfast {day}?"], ""),
+     (0, ["yes! usual spot?", "only if it's the {shop}", "I need it, yes"], "reply"),
+     (3, ["usual spot at {time}", "the {shop} at {time}", "{time}, don't be late"], "reply"),
+     (0, ["see you there ☕", "I'll be the sleepy one", "deal"], "reply")],
+    [(4, ["I finally finished the puzzle", "I painted the kitchen this weekend", "I fixed the {thing} myself!"], ""),
+     (1, ["pics or it didn't happen", "proud of you!", "show us!"], "reply"),
+     (4, ["sending them later", "took me all weekend", "it's not perfect but I love it"], "reply")],
 ]
 
+NSFW_SLOTS = {
+    "team": ["the referee", "our keeper", "the linesman", "the manager", "our striker"],
+    "drink": ["beer", "cider", "whisky", "tequila", "wine", "lager"],
+    "day": ["friday", "saturday", "tonight", "sunday", "thursday", "tomorrow"],
+    "food": ["curry", "kebab", "chilli", "wings", "burger", "pizza"],
+    "boss": ["my boss", "my landlord", "my manager", "the new supervisor"],
+    "crime": ["scheduled a meeting at 5pm on a friday", "stole my parking spot", "ate my lunch from the fridge",
+              "replied all to the whole company", "raised the rent again"],
+    "game": ["poker", "darts", "pool", "cards"],
+    "noise": ["dog", "car alarm", "parrot", "baby", "drummer"],
+    "body": ["toe", "elbow", "knee", "head"],
+    "place": ["the pub", "mine", "Sal's", "the usual dive"],
+    "money": ["a tenner", "twenty quid", "a fiver", "fifty quid"],
+}
+
 NSFW_SCRIPTS = [
-    [(0, "mate that referee was blind as hell last night", ""), (1, "absolute joke, he should be sacked", "reply"),
-     (1, "I nearly threw my beer at the telly", "burst"), (2, "you'd have cried more about the beer", "reply")],
-    [(3, "who drank all my damn beer", ""), (0, "not me, I only drink the good stuff", "reply"),
-     (3, "you bloody liar, your name is on the cans", "reply"), (0, "fair cop", "reply")],
-    [(1, "hungover as hell today", ""), (2, "serves you right after those tequila shots", "reply"),
-     (1, "never again. until friday", "reply"), (1, "kebab fixes everything though", "burst")],
-    [(2, "my boss is a complete arse", ""), (3, "what did the prick do now?", "reply"),
-     (2, "scheduled a meeting at 5pm on a friday", "reply"), (0, "that's a crime against humanity", "reply")],
-    [(0, "poker at mine, bring cash and bad decisions", ""), (1, "I'm taking all your money, suckers", "reply"),
-     (3, "you said that last time and went home skint", "reply"), (1, "shut up", "reply")],
-    [(3, "my neighbour's dog barked all bloody night", ""), (2, "buy earplugs or a shotgun", "reply"),
-     (3, "earplugs it is, I'm not going to jail for a poodle", "reply")],
-    [(1, "just stubbed my toe so hard I invented new swear words", ""), (0, "share them, I need fresh material", "reply"),
-     (1, "not in front of the children", "reply"), (2, "what children, we're all degenerates", "reply")],
-    [(2, "gym was hell, my legs are jelly", ""), (3, "skipping leg day is the only way", "reply"),
-     (2, "that's why you walk like a chicken", "reply"), (3, "rude but accurate", "reply")],
-    [(0, "that curry last night destroyed me", ""), (1, "told you the extra hot was a mistake", "reply"),
-     (0, "my arse is on fire", "reply"), (0, "worth it though", "burst")],
-    [(3, "karaoke saturday, no excuses", ""), (2, "I sing like a drunk goat", "reply"),
-     (3, "that's the whole point you muppet", "reply"), (1, "I'm doing the rap song again", "reply")],
+    [(0, ["mate {team} was blind as hell last night", "{team} was a bloody disgrace last night"], ""),
+     (1, ["absolute joke, he should be sacked", "worst performance I've ever seen", "useless git"], "reply"),
+     (1, ["I nearly threw my {drink} at the telly", "I was screaming at the screen", "ruined my night"], "burst"),
+     (2, ["you'd have cried more about the {drink}", "calm down, it's only football", "you say that every week"], "reply")],
+    [(3, ["who drank all my damn {drink}", "where the hell is my {drink}", "which one of you nicked my {drink}"], ""),
+     (0, ["not me, I only drink the good stuff", "don't look at me", "wasn't me, check Rudy"], "reply"),
+     (3, ["you bloody liar, your name is on the cans", "I saw you with it, you muppet", "you reek of it"], "reply"),
+     (0, ["fair cop", "worth it", "I'll buy you another, relax"], "reply")],
+    [(1, ["hungover as hell today", "my head is killing me", "never drinking {drink} again"], ""),
+     (2, ["serves you right after those {drink} shots", "you were a disaster last night", "drink water, you idiot"], "reply"),
+     (1, ["never again. until {day}", "I know, I know", "don't remind me"], "reply"),
+     (1, ["{food} fixes everything though", "need a greasy {food} right now", "someone bring me {food}"], "burst")],
+    [(2, ["{boss} is a complete arse", "I swear {boss} is out to get me", "{boss} is a total prick"], ""),
+     (3, ["what did the prick do now?", "what now?", "go on, what happened"], "reply"),
+     (2, ["{crime}", "he {crime}", "only {crime}"], "reply"),
+     (0, ["that's a crime against humanity", "report the bastard", "pints on me, you need them"], "reply")],
+    [(0, ["{game} at {place} {day}, bring cash and bad decisions", "{game} night {day}, who's in?"], ""),
+     (1, ["I'm taking all your money, suckers", "I'm in, bring {money}", "count me in, losers"], "reply"),
+     (3, ["you said that last time and went home skint", "you owe me {money} from last time", "bring it on"], "reply"),
+     (1, ["shut up", "not this time", "we'll see, mate"], "reply")],
+    [(3, ["my neighbour's {noise} kept me up all bloody night", "that {noise} next door is driving me mad"], ""),
+     (2, ["buy earplugs or a shotgun", "go round and have a word", "move house, mate"], "reply"),
+     (3, ["earplugs it is, I'm not going to jail for this", "I'll have a word, politely", "tempting"], "reply")],
+    [(1, ["just stubbed my {body} so hard I invented new swear words", "smacked my {body} on the door, bloody hell"], ""),
+     (0, ["share them, I need fresh material", "walk it off, you wuss", "did you cry?"], "reply"),
+     (1, ["not in front of the children", "you don't want to know", "a little bit"], "reply"),
+     (2, ["what children, we're all degenerates", "we've heard worse from you", "soft as butter"], "reply")],
+    [(2, ["gym was hell, my legs are jelly", "leg day nearly killed me", "personal trainer is a sadist"], ""),
+     (3, ["skipping leg day is the only way", "that's what you get for trying", "you went to the gym?"], "reply"),
+     (2, ["that's why you walk like a chicken", "says the one who gets winded on stairs", "shut it"], "reply"),
+     (3, ["rude but accurate", "fair", "low blow, mate"], "reply")],
+    [(0, ["that {food} last night destroyed me", "never ordering the extra hot {food} again"], ""),
+     (1, ["told you the extra hot was a mistake", "you never learn", "I warned you, mate"], "reply"),
+     (0, ["my arse is on fire", "I've been in the loo all morning", "I regret everything"], "reply"),
+     (0, ["worth it though", "doing it again {day}", "no regrets"], "burst")],
+    [(3, ["karaoke {day}, no excuses", "karaoke at {place} {day}, be there"], ""),
+     (2, ["I sing like a drunk goat", "only if you buy the first round", "hell no"], "reply"),
+     (3, ["that's the whole point you muppet", "that's why it's fun", "you're coming, deal with it"], "reply"),
+     (1, ["I'm doing the rap song again", "I'm bringing the tambourine", "I'll need three pints first"], "reply")],
+    [(1, ["who's buying the next round?", "{drink} o'clock, who's coming to {place}?"], ""),
+     (0, ["you are, you tight git", "not me, I'm skint", "I got the last one, your turn"], "reply"),
+     (1, ["fine, but only this once", "you lot are a bunch of leeches", "alright alright"], "reply")],
+    [(2, ["lost {money} on the horses again", "bet {money} on the match and lost"], ""),
+     (3, ["you never learn, do you", "what were you thinking", "you absolute donkey"], "reply"),
+     (2, ["it was a sure thing!", "next time I'll win it back", "don't tell my missus"], "reply")],
 ]
 
 BOT_NAME, BOT_ID = "GroupHelpBot", "user7000001"
@@ -74,8 +169,12 @@ def _text_fields(text: str) -> dict:
     return {"text": text, "text_entities": [{"type": "plain", "text": text}] if text else []}
 
 
-def build_chat(name: str, chat_id: int, members: list[str], scripts: list[list[tuple[int, str, str]]],
-               target_messages: int, seed: int) -> dict:
+def _line(text: str | list[str], slots: dict[str, str], rng: random.Random) -> str:
+    return (rng.choice(text) if isinstance(text, list) else text).format(**slots)
+
+
+def build_chat(name: str, chat_id: int, members: list[str], scripts: list[list[tuple[int, object, str]]],
+               slot_values: dict[str, list[str]], target_messages: int, seed: int) -> dict:
     rng = random.Random(seed)
     people = [(member, f"user{5_100_000 + chat_id % 1000 * 10 + i}") for i, member in enumerate(members)]
     t = datetime(2025, 3, 1, 9, 0, tzinfo=timezone.utc)
@@ -95,8 +194,10 @@ def build_chat(name: str, chat_id: int, members: list[str], scripts: list[list[t
     while len(messages) < target_messages:
         t += timedelta(minutes=rng.randint(20, 600))
         script = rng.choice(scripts)
+        slots = {slot: rng.choice(values) for slot, values in slot_values.items()}
         previous_id = None
-        for speaker, text, kind in script:
+        for speaker, phrasings, kind in script:
+            text = _line(phrasings, slots, rng)
             t += timedelta(seconds=rng.randint(4, 40) if kind == "burst" else rng.randint(30, 240))
             who, who_id = people[speaker]
             entry = {"from": who, "from_id": who_id, **_text_fields(text)}
@@ -143,8 +244,10 @@ def build_chat(name: str, chat_id: int, members: list[str], scripts: list[list[t
 def write_sample_exports(data_dir: Path, messages_per_chat: int = 300) -> dict[str, Path]:
     """Write ``data_dir/SFW/result.json`` and ``data_dir/NSFW/result.json``; return their paths."""
     chats = {
-        "SFW": build_chat("Cookie Club", 1_700_000_101, SFW_MEMBERS, SFW_SCRIPTS, messages_per_chat, seed=1),
-        "NSFW": build_chat("Pub Crew", 1_700_000_202, NSFW_MEMBERS, NSFW_SCRIPTS, messages_per_chat, seed=2),
+        "SFW": build_chat("Cookie Club", 1_700_000_101, SFW_MEMBERS, SFW_SCRIPTS, SFW_SLOTS, messages_per_chat,
+                          seed=1),
+        "NSFW": build_chat("Pub Crew", 1_700_000_202, NSFW_MEMBERS, NSFW_SCRIPTS, NSFW_SLOTS, messages_per_chat,
+                          seed=2),
     }
     paths = {}
     for label, chat in chats.items():

@@ -14,9 +14,9 @@ from pydantic import Field
 
 from cookiebaker.config import StageConfig, save_resolved_config
 from cookiebaker.errors import ModelError
-from cookiebaker.export.modelfile import default_system_prompt, family_of, render_modelfile
-from cookiebaker.export.tokenizer_fix import AmbiguousMerges, ensure_added_tokens_decoder, rewrite_merges
 from cookiebaker.io import atomic_path, write_json
+from cookiebaker.modelfile import default_system_prompt, family_of, render_modelfile
+from cookiebaker.tokenizer_fix import AmbiguousMerges, ensure_added_tokens_decoder, rewrite_merges
 
 __all__ = ["ExportConfig", "run", "CONVERTER_TYPES", "K_QUANTS"]
 

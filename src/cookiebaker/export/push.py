@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cookiebaker.config import StageConfig
 from cookiebaker.errors import CookiebakerError
-from cookiebaker.export.modelfile import parse_modelfile
+from cookiebaker.modelfile import parse_modelfile
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ def find_adapter(path: str | Path) -> Path:
 
 
 def _rewrite_merges_for_ollama(folder: Path) -> None:
-    from cookiebaker.export.tokenizer_fix import AmbiguousMerges, ensure_added_tokens_decoder, rewrite_merges
+    from cookiebaker.tokenizer_fix import AmbiguousMerges, ensure_added_tokens_decoder, rewrite_merges
 
     ensure_added_tokens_decoder(folder)
     if (folder / "tokenizer.json").is_file():
@@ -53,7 +53,7 @@ def run(config: MergeConfig) -> dict:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from cookiebaker.train.models import copy_tokenizer_files, load_failure, resolve_base_model
+    from cookiebaker.models import copy_tokenizer_files, load_failure, resolve_base_model
 
     adapter = find_adapter(config.adapter)
     recorded = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")

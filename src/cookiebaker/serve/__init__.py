@@ -69,16 +69,18 @@ def is_loopback(host: str) -> bool:
 
 def build_app(config: ServeConfig, backends: dict | None = None):  # noqa: ANN201
     """The FastAPI app for a config; ``backends`` (name → Backend) replaces loading the models (tests)."""
+    from cookiebaker.backends import Sampling, open_backend
     from cookiebaker.serve.app import NSFW, SFW, create_app
-    from cookiebaker.serve.backends import Sampling, open_backend
     from cookiebaker.serve.history import HistoryStore
 
     if backends is None:
         references = {SFW: config.sfw_model, NSFW: config.nsfw_model}
-        backends = {}
+        backends, opened = {}, {}
         for name, reference in references.items():
             if reference:
-                backends[name] = backends.get(reference) or open_backend(reference)
+                if reference not in opened:  # the same model for both routes is loaded once
+                    opened[reference] = open_backend(reference)
+                backends[name] = opened[reference]
                 log.info("%s → %s", name, backends[name].description)
     samplings = {name: getattr(backend, "default", None) or Sampling() for name, backend in backends.items()}
     samplings = {name: sampling.merged(max_tokens=config.max_tokens, temperature=config.temperature,

