@@ -115,3 +115,14 @@ def tiny_merged(tiny_gemma: Path, demo_pairs: Path, tmp_path_factory) -> Path:
                                 batch_size=8, report_to=["none"]))
     merge.run(merge.MergeConfig(adapter=str(root / "adapter"), output=str(root / "merged")))
     return root / "merged"
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_merged: Path, tmp_path_factory) -> Path:
+    """The tiny merged model exported to an f16 GGUF folder (GGUF + Modelfile), as `serve` and `eval` take it."""
+    from cookiebaker import export
+
+    target = tmp_path_factory.mktemp("tiny_gguf")
+    export.run(export.ExportConfig(model=str(tiny_merged), output_dir=str(target), name="cb-tiny", quantize="f16",
+                                   check=False))
+    return target

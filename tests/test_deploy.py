@@ -24,8 +24,15 @@ def test_compose_file_validates() -> None:
     assert result.returncode == 0, result.stderr
     config = yaml.safe_load(result.stdout)
     services = config["services"]
-    assert {"ollama", "models", "postgres", "cookiebaker", "n8n"} <= set(services)
-    assert services["n8n"]["profiles"] == ["n8n"]
+    assert {"ollama", "models", "postgres", "cookiebaker", "n8n", "n8n-import"} <= set(services)
+    assert services["n8n"]["profiles"] == services["n8n-import"]["profiles"] == ["n8n"]
+    # n8n starts only after the workflow and its credential are imported and published (n8n/import.sh).
+    assert services["n8n"]["depends_on"]["n8n-import"]["condition"] == "service_completed_successfully"
+    importer = services["n8n-import"]
+    assert importer["entrypoint"] == ["/bin/sh", "/workflows/import.sh"]
+    assert importer["environment"]["COOKIEBAKER_URL"] == "http://cookiebaker:8000"
+    assert importer["environment"]["COOKIEBAKER_API_KEY"] == "test-key"
+    assert importer["image"] == services["n8n"]["image"] == "n8nio/n8n:2.41.1"  # the version the live test runs
     command = services["cookiebaker"]["command"]
     assert "ollama:cookiebaker-sfw" in command and "ollama:cookiebaker-nsfw" in command
     assert "postgresql+psycopg://" in services["cookiebaker"]["environment"]["COOKIEBAKER_DATABASE_URL"]
@@ -46,7 +53,10 @@ def test_n8n_workflow_structure() -> None:
     for label, model in (("SFW", "cookiebaker-sfw"), ("NSFW", "cookiebaker-nsfw")):
         assert nodes[f"{label} chat model"]["type"] == "@n8n/n8n-nodes-langchain.lmChatOllama"
         assert nodes[f"{label} chat model"]["parameters"]["model"] == model
-        assert nodes[f"{label} responder"]["type"] == "@n8n/n8n-nodes-langchain.chainLlm"
+        assert nodes[f"{label} chat model"]["credentials"]["ollamaApi"]["id"] == "cookiebakerOllama"
+        assert nodes[f"{label} responder"]["type"] == "@n8n/n8n-nodes-langchain.agent"
+        memory = nodes[f"{label} chat memory"]["parameters"]
+        assert "client_name" in memory["sessionKey"] and "chat_id" in memory["sessionKey"]
         body = nodes[f"Respond {label}"]["parameters"]["responseBody"]
         assert "response:" in body and "command: ''" in body and model in body
     connections = workflow["connections"]
@@ -56,3 +66,13 @@ def test_n8n_workflow_structure() -> None:
             assert all(target["node"] in nodes for target in branch)
     assert [b[0]["node"] for b in connections["IF sfw"]["main"]] == ["SFW responder", "NSFW responder"]
     assert len({node["id"] for node in workflow["nodes"]}) == len(workflow["nodes"])
+    assert workflow["id"] == "cookiebakerResponder"  # n8n's import:workflow needs an id
+    credential = json.loads((REPO / "n8n" / "credentials.json").read_text())[0]
+    assert credential["id"] == "cookiebakerOllama" and credential["type"] == "ollamaApi"
+    assert credential["data"] == {"baseUrl": "@COOKIEBAKER_URL@", "apiKey": "@COOKIEBAKER_API_KEY@"}
+
+
+def test_import_script_refuses_values_that_would_break_the_credential(tmp_path) -> None:  # noqa: ANN001
+    env = {**os.environ, "N8N": "false", "COOKIEBAKER_URL": 'http://x"y'}
+    result = subprocess.run(["sh", str(REPO / "n8n" / "import.sh")], env=env, capture_output=True, text=True)
+    assert result.returncode == 2 and "must not contain" in result.stderr

@@ -10,7 +10,6 @@ import pytest
 from conftest import run_cli
 
 from cookiebaker import eval as evaluation
-from cookiebaker import export
 from cookiebaker.chat import sample_digest, sample_keys, samples_to_messages
 from cookiebaker.errors import DatasetError
 from cookiebaker.train import split_indices
@@ -20,11 +19,8 @@ MEASURES = {"loss", "echo_rate", "loop_rate", "empty_rate", "stop_rate", "templa
 
 
 @pytest.fixture(scope="module")
-def gguf_dir(tiny_merged: Path, tmp_path_factory) -> Path:
-    target = tmp_path_factory.mktemp("eval_gguf")
-    export.run(export.ExportConfig(model=str(tiny_merged), output_dir=str(target), name="cb-eval", quantize="f16",
-                                   check=False))
-    return target
+def gguf_dir(tiny_gguf: Path) -> Path:
+    return tiny_gguf
 
 
 def test_split_keeps_identical_texts_on_one_side() -> None:
@@ -84,7 +80,7 @@ def test_gguf_loss_equals_transformers_loss(tiny_merged: Path, gguf_dir: Path, d
 def test_eval_gguf_through_the_cli_keeps_chat_text_out_of_the_json(gguf_dir: Path, demo_pairs: Path,
                                                                     tmp_path: Path) -> None:
     output = tmp_path / "reports" / "eval.json"
-    result = run_cli("eval", "--model", str(gguf_dir / "cb-eval.f16.gguf"), "--data", str(demo_pairs), "--output",
+    result = run_cli("eval", "--model", str(gguf_dir / "cb-tiny.f16.gguf"), "--data", str(demo_pairs), "--output",
                      str(output), "--base-model", "none", "--max-samples", "3", "--max-new-tokens", "6")
     assert result.returncode == 0, result.stderr
     assert "tuned" in result.stdout and "real" in result.stdout
