@@ -175,3 +175,27 @@ def test_push_through_the_rest_api(merged: Path, tmp_path: Path, monkeypatch) ->
     assert "<start_of_turn>" in create["template"]
     with pytest.raises(PushError, match="Modelfile is missing"):
         push.run(PushConfig(output_dir=str(tmp_path / "nothing"), name="x"))
+
+
+def test_export_never_changes_its_input(merged: Path, tmp_path: Path) -> None:
+    """A folder written by plain transformers 5 lacks added_tokens_decoder: export fixes a staged copy, and the
+    GGUF still tokenizes the chat markup as control tokens."""
+    import hashlib
+    import shutil
+
+    source = tmp_path / "merged"
+    shutil.copytree(merged, source)
+    config_path = source / "tokenizer_config.json"
+    tokenizer_config = json.loads(config_path.read_text())
+    tokenizer_config.pop("added_tokens_decoder", None)
+    config_path.write_text(json.dumps(tokenizer_config))
+
+    def digests() -> dict:
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(source.iterdir())}
+
+    before = digests()
+    report = export.run(ExportConfig(model=str(source), output_dir=str(tmp_path / "out"), name="m", quantize="f16"))
+    assert digests() == before
+    assert report["tokenizer_fix"]["added_tokens_decoder"] > 0
+    assert report["parity"]["tokenizer_matches"] and report["parity"]["agreement"] == 1.0
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no staging left behind

@@ -48,6 +48,15 @@ def test_merge_again_replaces_the_output(adapter: Path, tmp_path: Path) -> None:
 
 
 def test_merge_from_the_train_folder_and_errors(adapter: Path, tmp_path: Path) -> None:
-    merge.run(MergeConfig(adapter=str(adapter.parent), output=str(tmp_path / "m")))
+    from safetensors.torch import load_file
+
+    # The train folder's top level holds the final adapter: the last checkpoint's weights, merged alike.
+    report = merge.run(MergeConfig(adapter=str(adapter.parent), output=str(tmp_path / "m")))
+    assert report["adapter"] == str(adapter.parent)
+    merge.run(MergeConfig(adapter=str(adapter), output=str(tmp_path / "c")))
+    from_folder, from_checkpoint = load_file(tmp_path / "m" / "model.safetensors"), \
+        load_file(tmp_path / "c" / "model.safetensors")
+    assert from_folder.keys() == from_checkpoint.keys()
+    assert all(torch.equal(from_folder[name], from_checkpoint[name]) for name in from_folder)
     with pytest.raises(ModelError, match="no LoRA adapter"):
         merge.run(MergeConfig(adapter=str(tmp_path), output=str(tmp_path / "x")))

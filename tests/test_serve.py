@@ -75,7 +75,7 @@ def test_history_is_bounded(tmp_path: Path) -> None:
     client = TestClient(app)
     for i in range(6):
         client.post("/webhook/response", json={"prompt": f"p{i}", "chat_id": "c"})
-    assert len(app.state.store.recent("default", "c", 100)) == 4
+    assert len(app.state.service.store.recent("default", "c", 100)) == 4
 
 
 @pytest.mark.parametrize(("body", "status"), [
@@ -208,13 +208,19 @@ def test_a_real_gguf_end_to_end(tiny_merged: Path, tmp_path: Path) -> None:
 
     export.run(export.ExportConfig(model=str(tiny_merged), output_dir=str(tmp_path / "gguf"), name="t", check=False))
     config = ServeConfig(sfw_model=str(tmp_path / "gguf"), nsfw_model=str(tmp_path / "gguf" / "t.f16.gguf"),
-                         history_db=str(tmp_path / "h.sqlite3"), max_tokens=8)
+                         history_db=str(tmp_path / "h.sqlite3"), max_tokens=8, temperature=0)
     client = TestClient(build_app(config))
     health = client.get("/healthz").json()
     assert health["models"] == {"cookiebaker-sfw": "gguf:t.f16.gguf", "cookiebaker-nsfw": "gguf:t.f16.gguf"}
     reply = client.post("/webhook/response", json={"prompt": "pizza tonight?", "chat_id": 7})
     assert reply.status_code == 200 and reply.json()["model"] == "cookiebaker-sfw"
-    assert isinstance(reply.json()["response"], str)
+    # Greedy: the service answers exactly what llama.cpp generates for that chat on its own.
+    from cookiebaker.backends import open_backend
+
+    direct = open_backend(str(tmp_path / "gguf"))
+    expected = direct.reply([{"role": "user", "content": "pizza tonight?"}], direct.default.merged(max_tokens=8,
+                                                                                                    temperature=0))
+    assert reply.json()["response"] == expected.text
     body = {"model": "cookiebaker-nsfw", "messages": [{"role": "user", "content": "bring snacks"}], "stream": True}
     with client.stream("POST", "/v1/chat/completions", json=body) as response:
         assert response.status_code == 200
@@ -280,3 +286,18 @@ def test_the_same_model_for_both_routes_is_loaded_once(tmp_path: Path, monkeypat
     opened.clear()
     build_app(config.model_copy(update={"nsfw_model": "two.gguf"}))
     assert opened == ["one.gguf", "two.gguf"]
+
+
+def test_metrics_are_labelled_by_route_template_not_raw_path(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("COOKIEBAKER_API_KEY", "k")
+    app, _, _ = make_app(tmp_path)
+    client = TestClient(app)
+    for i in range(50):  # keyless callers probing random paths
+        assert client.get(f"/x{i}-probe").status_code == 401
+    assert client.get("/nope", headers={"Authorization": "Bearer k"}).status_code == 404
+    assert client.post("/webhook/response", json={"prompt": "hi", "chat_id": 1},
+                       headers={"Authorization": "Bearer k"}).status_code == 200
+    metrics = client.get("/metrics", headers={"Authorization": "Bearer k"}).text
+    assert "probe" not in metrics and "/nope" not in metrics
+    assert 'cookiebaker_requests_total{path="unmatched",status="401"} 50.0' in metrics
+    assert 'cookiebaker_requests_total{path="/webhook/response",status="200"} 1.0' in metrics

@@ -110,9 +110,10 @@ def test_training_run_checkpoints_and_metrics(tiny_gemma: Path, demo_pairs: Path
     for name in ("metrics.json", "loss_curve.png", "loss_curve.json", "train_config.yaml", "adapter_model.safetensors"):
         assert (out / name).is_file(), name
     assert (out / "loss_curve.png").stat().st_size > 1000
-    assert metrics["plan"]["device"] == "cpu" and not metrics["plan"]["quantize_4bit"]
+    assert metrics["plan"]["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU plan: this machine has CUDA")
 def test_cpu_fallback_is_logged(tiny_gemma: Path, demo_pairs: Path, tmp_path: Path, caplog) -> None:
     with caplog.at_level(logging.INFO, logger="cookiebaker"):
         metrics = train.run(TrainConfig(data=str(demo_pairs), output_dir=str(tmp_path / "a"), base_model=str(tiny_gemma),
@@ -207,3 +208,34 @@ def test_two_processes_with_torchrun(tiny_gemma: Path, demo_pairs: Path, tmp_pat
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert metrics["steps"] == 3 and (tmp_path / "ddp" / "checkpoint-3" / "adapter_model.safetensors").is_file()
+
+
+def test_logging_environment_is_set_for_one_run_only(tmp_path: Path, monkeypatch) -> None:
+    from cookiebaker.train import _logging_environment
+
+    for name in ("WANDB_DIR", "WANDB_MODE", "WANDB_PROJECT", "TENSORBOARD_LOGGING_DIR", "WANDB_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_PROJECT", "mine")
+    for run in ("first", "second"):  # a second run in the same process gets its own folders
+        config = TrainConfig(output_dir=str(tmp_path / run), report_to=["tensorboard", "wandb"])
+        with _logging_environment(config, tmp_path / run) as loggers:
+            assert loggers == ["tensorboard", "wandb"]
+            assert os.environ["WANDB_DIR"] == str(tmp_path / run)
+            assert os.environ["TENSORBOARD_LOGGING_DIR"] == str(tmp_path / run / "runs")
+            assert os.environ["WANDB_MODE"] == "offline" and os.environ["WANDB_PROJECT"] == "mine"
+        assert "WANDB_DIR" not in os.environ and "TENSORBOARD_LOGGING_DIR" not in os.environ
+        assert "WANDB_MODE" not in os.environ and os.environ["WANDB_PROJECT"] == "mine"
+
+
+def test_the_gguf_reader_patch_leaves_transformers_as_it_was() -> None:
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    from cookiebaker.models import _gguf_reader_of_the_converter
+
+    names = ("is_gguf_available", "GGUFReader", "dequantize")
+    before = {name: getattr(gguf_utils, name, None) for name in names}
+    present = {name: hasattr(gguf_utils, name) for name in names}
+    with _gguf_reader_of_the_converter():
+        assert gguf_utils.is_gguf_available() and gguf_utils.GGUFReader is not None
+    assert {name: getattr(gguf_utils, name, None) for name in names} == before
+    assert {name: hasattr(gguf_utils, name) for name in names} == present

@@ -225,7 +225,7 @@ def _run_pairs(args: argparse.Namespace) -> None:
         params = {**params, "pairs": section}
     config = build_config(pairs.PairsConfig, "pairs", params, overrides)
     report = pairs.run(config)
-    dropped = sum(report["dropped"].values()) if "dropped" in report else sum(report["messages_dropped"].values())
+    dropped = sum(report["dropped"].values())
     print(f"pairs: {report['samples']} {config.mode} samples from {report['messages']} messages "
           f"({dropped} dropped, see the report) → {config.output}")
 

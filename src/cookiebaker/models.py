@@ -33,14 +33,20 @@ def _gguf_reader_of_the_converter() -> Iterator[None]:
     import gguf
     import transformers.modeling_gguf_pytorch_utils as gguf_utils
 
-    saved = gguf_utils.is_gguf_available
-    gguf_utils.is_gguf_available = lambda *args, **kwargs: True
-    gguf_utils.GGUFReader = gguf.GGUFReader  # type: ignore[attr-defined]
-    gguf_utils.dequantize = gguf.dequantize  # type: ignore[attr-defined]
+    missing = object()
+    patches = {"is_gguf_available": lambda *args, **kwargs: True, "GGUFReader": gguf.GGUFReader,
+               "dequantize": gguf.dequantize}
+    saved = {name: getattr(gguf_utils, name, missing) for name in patches}
+    for name, value in patches.items():
+        setattr(gguf_utils, name, value)
     try:
         yield
-    finally:
-        gguf_utils.is_gguf_available = saved
+    finally:  # transformers is left exactly as it was
+        for name, value in saved.items():
+            if value is missing:
+                delattr(gguf_utils, name)
+            else:
+                setattr(gguf_utils, name, value)
 
 
 def embedded_gguf(name: str) -> Path:

@@ -86,7 +86,7 @@ def run(config: ReportConfig) -> list[Path]:
             stats.bar(list(numbers), list(numbers.values()), color="#6aa84f")
             stats.set_title(f"{label}: replies and bursts")
             stats.tick_params(axis="x", rotation=20)
-            reasons = {k: v for k, v in (report.get("dropped") or report.get("messages_dropped") or {}).items()}
+            reasons = dict(report.get("dropped") or {})
             dropped.barh(list(reasons)[::-1], list(reasons.values())[::-1], color="#cc4125")
             dropped.set_title(f"{label}: what was dropped, and why")
             written.append(_save(figure, out / f"{label}_pairs.png"))

@@ -7,6 +7,7 @@ import logging
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -88,6 +89,46 @@ def quantize(source: Path, target: Path, kind: str) -> None:
             raise ModelError(f"llama.cpp could not quantize {source} to {kind} (status {status})")
 
 
+#: The files the tokenizer fix rewrites: copied into the staging folder, never changed in the input.
+FIXED_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def stage_model(model: Path, staging: Path) -> dict:
+    """A view of the merged model for the converter: links to its files, copies of the tokenizer files with the
+    fixes llama.cpp and Ollama need (the input folder is never changed). Returns what was fixed."""
+    for item in model.iterdir():
+        if item.name in FIXED_FILES:
+            shutil.copy2(item, staging / item.name)
+        elif not item.name.startswith("."):
+            (staging / item.name).symlink_to(item.resolve())
+    fixed: dict = {"rewritten_merges": 0, "added_tokens_decoder": ensure_added_tokens_decoder(staging)}
+    if (staging / "tokenizer.json").is_file():
+        try:
+            fixed["rewritten_merges"] = rewrite_merges(staging / "tokenizer.json")
+        except AmbiguousMerges as exc:
+            log.warning("%s", exc)
+            fixed["refused"] = str(exc)
+    return fixed
+
+
+def write_gguf(model: Path, gguf: Path, config: ExportConfig, output: Path) -> None:
+    """Convert (and quantize) into ``gguf``: converter types directly, K-quants through an f16 intermediate."""
+    if config.quantize in CONVERTER_TYPES:
+        convert(model, gguf, config.quantize)
+        return
+    intermediate = output / f".{config.name}.f16.gguf"
+    convert(model, intermediate, "f16")
+    try:
+        quantize(intermediate, gguf, config.quantize)
+    finally:
+        intermediate.unlink(missing_ok=True)
+
+
+def write_text(target: Path, text: str) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
 def run(config: ExportConfig) -> dict:
     from transformers import AutoConfig, AutoTokenizer
 
@@ -103,31 +144,18 @@ def run(config: ExportConfig) -> dict:
     output = Path(config.output_dir)
     output.mkdir(parents=True, exist_ok=True)
 
-    tokenizer_fix: dict = {"rewritten_merges": 0, "added_tokens_decoder": ensure_added_tokens_decoder(model)}
-    if (model / "tokenizer.json").is_file():
-        try:
-            tokenizer_fix["rewritten_merges"] = rewrite_merges(model / "tokenizer.json")
-        except AmbiguousMerges as exc:
-            log.warning("%s", exc)
-            tokenizer_fix["refused"] = str(exc)
-
     gguf = output / f"{config.name}.{config.quantize}.gguf"
-    if config.quantize in CONVERTER_TYPES:
-        convert(model, gguf, config.quantize)
-    else:
-        intermediate = output / f".{config.name}.f16.gguf"
-        convert(model, intermediate, "f16")
-        try:
-            quantize(intermediate, gguf, config.quantize)
-        finally:
-            intermediate.unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=output) as staging:
+        tokenizer_fix = stage_model(model, Path(staging))
+        write_gguf(Path(staging), gguf, config, output)
 
     system = default_system_prompt(tokenizer)
     stops = config.stop or list(family.stops)
     common = {"temperature": config.temperature, "top_p": config.top_p, "stops": stops, "system": system}
-    (output / "Modelfile").write_text(render_modelfile(f"./{gguf.name}", family, **common))
-    # For users who let Ollama convert the safetensors themselves (needs the merges rewrite on Ollama < 0.5).
-    (output / "Modelfile.safetensors").write_text(render_modelfile(str(model.resolve()), family, **common))
+    write_text(output / "Modelfile", render_modelfile(f"./{gguf.name}", family, **common))
+    # For users who let Ollama convert the safetensors themselves (needs the merges rewrite on Ollama < 0.5,
+    # which `cookiebaker merge` writes into its output).
+    write_text(output / "Modelfile.safetensors", render_modelfile(str(model.resolve()), family, **common))
 
     parity = None
     if config.check:

@@ -91,7 +91,7 @@ def _decoded_slices(path: Path, raw: Raw) -> list[tuple[pl.DataFrame, object]]:
     try:
         if len(spans) == 1:
             return [_slice_frame(view)]
-        return [_slice_frame(slice_json(view[begin:end], whole=False)) for begin, end in spans]
+        return [_slice_frame(slice_json(view[begin:end])) for begin, end in spans]
     except SliceMismatch:
         return [messages_frame(decode_messages(str(path), raw))]
 

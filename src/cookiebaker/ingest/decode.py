@@ -114,8 +114,8 @@ def _sniff(path: str, data: bytes) -> bytes:
 def decode_export(path: str, data: bytes) -> tuple[list[Chat], bytes]:
     """Decode one export file's bytes into its chats (one for a single-chat export).
 
-    The chats' ``messages`` stay raw JSON (validated, not yet decoded): :func:`iter_message_chunks` decodes
-    them a slice at a time, so a million-message export never exists as a million Python objects at once.
+    The chats' ``messages`` stay raw JSON (validated, not yet decoded): the readers decode them a slice at a
+    time (:func:`message_spans`, :func:`decode_slice`) or in bulk, so a million-message export never exists as a million Python objects at once.
     Also returns the buffer those raw arrays point into: ``data`` itself unless it had to be repaired.
     """
     data = _sniff(path, data)
@@ -200,13 +200,14 @@ def message_spans(messages: Raw, chunk_bytes: int = 16 * 1024 * 1024) -> list[tu
     return list(zip(bounds, bounds[1:]))
 
 
-def slice_json(raw: bytes | memoryview, whole: bool) -> bytes | memoryview:
-    """The bytes of a span as a JSON array (a whole array is used as it is)."""
-    return raw if whole else b"[" + bytes(raw).rstrip().rstrip(b",") + b"]"
+def slice_json(raw: bytes | memoryview) -> bytes:
+    """The bytes of a span of array elements as a JSON array of its own."""
+    return b"[" + bytes(raw).rstrip().rstrip(b",") + b"]"
 
 
 def decode_slice(piece: bytes | memoryview) -> list[Message]:
-    """Decode one slice from :func:`message_slices`; :class:`SliceMismatch` if it is not valid on its own."""
+    """Decode one slice (a span of :func:`message_spans` as a JSON array); :class:`SliceMismatch` if it is not
+    valid on its own."""
     try:
         return _MESSAGES_DECODER.decode(piece)
     except (msgspec.DecodeError, UnicodeDecodeError):

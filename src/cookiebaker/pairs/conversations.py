@@ -94,7 +94,7 @@ def build_conversations(
     )
     sessions = turns.select(pl.col("session").n_unique()).item() if turns.height else 0
     report = {
-        "messages_dropped": dropped,
+        "dropped": dropped,  # messages left out, by reason (the reply-pairs report counts candidate replies)
         "sessions": sessions,
         "sessions_without_exchange": sessions - trimmed.select(pl.col("session").n_unique()).item()
         if trimmed.height else sessions,

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import random
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import polars as pl
 from pydantic import Field, model_validator
@@ -158,8 +160,10 @@ def heldout_record(config: TrainConfig, frame: pl.DataFrame, keys: list[str], di
     }
 
 
-def _logging_environment(config: TrainConfig, output: Path) -> list[str]:
-    """Loggers that can run here, with W&B offline unless a key is configured."""
+@contextlib.contextmanager
+def _logging_environment(config: TrainConfig, output: Path) -> Iterator[list[str]]:
+    """The loggers that can run here, with their environment (W&B offline unless a key is configured) set for
+    this run only: whatever the variables were before comes back afterwards."""
     try:
         from dotenv import load_dotenv
 
@@ -167,6 +171,7 @@ def _logging_environment(config: TrainConfig, output: Path) -> list[str]:
     except ImportError:
         pass
     loggers = [name for name in config.report_to if name != "none"]
+    settings: dict[str, str] = {}
     if "wandb" in loggers:
         try:
             import wandb  # noqa: F401
@@ -174,14 +179,22 @@ def _logging_environment(config: TrainConfig, output: Path) -> list[str]:
             log.info("wandb is not installed: logging to TensorBoard only")
             loggers.remove("wandb")
         else:
+            settings = {"WANDB_DIR": str(output), "WANDB_LOG_MODEL": "false",
+                        "WANDB_PROJECT": os.environ.get("WANDB_PROJECT") or "cookiebaker"}
             if not os.environ.get("WANDB_API_KEY"):
-                os.environ.setdefault("WANDB_MODE", "offline")
-            os.environ.setdefault("WANDB_DIR", str(output))
-            os.environ.setdefault("WANDB_PROJECT", "cookiebaker")
-            os.environ.setdefault("WANDB_LOG_MODEL", "false")
+                settings["WANDB_MODE"] = os.environ.get("WANDB_MODE") or "offline"
     if "tensorboard" in loggers:
-        os.environ["TENSORBOARD_LOGGING_DIR"] = str(output / "runs")
-    return loggers
+        settings["TENSORBOARD_LOGGING_DIR"] = str(output / "runs")
+    saved = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
+    try:
+        yield loggers
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _checkpointing_arguments(arguments_class: type, enabled: bool) -> dict:
@@ -196,30 +209,46 @@ def _latest_checkpoint(output: Path) -> Path | None:
     return max(checkpoints, key=lambda p: int(p.name.split("-")[-1])) if checkpoints else None
 
 
-def run(config: TrainConfig) -> dict:
-    """Train the adapter; write checkpoints, the final adapter, metrics.json and the loss curve."""
-    import torch
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, TrainingArguments, set_seed
+@dataclass
+class Prepared:
+    """The samples as the model sees them, split for training and evaluation."""
 
-    from cookiebaker.chat import (
-        encode,
-        normalize,
-        sample_digest,
-        sample_keys,
-        samples_to_messages,
-        supports_system_role,
-    )
-    from cookiebaker.models import load_failure, resolve_base_model
-    from cookiebaker.train.plan import make_plan
-    from cookiebaker.train.trainer import (
-        ResponseOnlyTrainer,
-        ThroughputCallback,
-        flattening_collator,
-        write_loss_curve,
-    )
+    tokenizer: Any
+    train_rows: list[dict]
+    eval_rows: list[dict]
+    truncated: int
+    heldout: dict
+
+
+def run(config: TrainConfig) -> dict:
+    """Train the adapter; write checkpoints, the final adapter, metrics.json, heldout.json and the loss curve."""
+    from transformers import set_seed
 
     output = Path(config.output_dir)
+    base = resolve_base(config)
+    data = prepare(config, base)
+    plan = plan_for(config, base)
+    set_seed(config.seed)
+    model = build_model(config, base, plan)
+    with _logging_environment(config, output) as loggers:
+        trainer, throughput = build_trainer(config, model, data, plan, loggers)
+        metrics = fit(config, trainer, throughput, data, plan)
+    if trainer.is_world_process_zero():
+        write_outputs(config, trainer, metrics, data.heldout)
+    log.info("train: eval loss %s → %s, %d tokens at %s tokens/s", metrics["eval_loss_before"],
+             metrics["eval_loss_after"], metrics["trained_tokens"], metrics["tokens_per_second"])
+    return metrics
+
+
+def resolve_base(config: TrainConfig) -> str:
+    from cookiebaker.models import resolve_base_model
+
+    return resolve_base_model(config.base_model)
+
+
+def _read_samples(config: TrainConfig) -> tuple[pl.DataFrame, list]:
+    from cookiebaker.chat import samples_to_messages
+
     try:
         frame = pl.read_parquet(config.data)
     except FileNotFoundError:
@@ -227,7 +256,14 @@ def run(config: TrainConfig) -> dict:
     conversations = samples_to_messages(frame)
     if not conversations:
         raise DatasetError(f"{config.data}: the dataset is empty: nothing to train on")
-    base = resolve_base_model(config.base_model)
+    return frame, conversations
+
+
+def _load_tokenizer(config: TrainConfig, base: str) -> Any:
+    from transformers import AutoTokenizer
+
+    from cookiebaker.models import load_failure
+
     try:
         tokenizer = AutoTokenizer.from_pretrained(base)
     except (OSError, ValueError) as exc:
@@ -236,33 +272,64 @@ def run(config: TrainConfig) -> dict:
         raise ModelError(f"{config.base_model} has no chat template: use an instruction-tuned (chat) model")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _encode_all(config: TrainConfig, tokenizer: Any, conversations: list) -> list:
+    from cookiebaker.chat import IGNORE, encode, normalize, supports_system_role
+
     system_role = supports_system_role(tokenizer)
     encoded = []
     for index, messages in enumerate(conversations):
         if config.system_prompt:
             messages = [{"role": "system", "content": config.system_prompt}, *messages]
         sample = encode(tokenizer, normalize(messages, system_role), config.max_length)
-        if all(label == -100 for label in sample.labels):
+        if all(label == IGNORE for label in sample.labels):
             raise DatasetError(f"{config.data}: sample {index} has no trainable token (no assistant answer)")
         encoded.append(sample)
-    truncated = sum(sample.truncated for sample in encoded)
+    return encoded
+
+
+def prepare(config: TrainConfig, base: str) -> Prepared:
+    """Read, render and tokenise the samples; hold out a share of them, split by text."""
+    from cookiebaker.chat import sample_digest, sample_keys
+
+    frame, conversations = _read_samples(config)
+    tokenizer = _load_tokenizer(config, base)
+    encoded = _encode_all(config, tokenizer, conversations)
     digests = [sample_digest(messages) for messages in conversations]
     train_ids, eval_ids = split_indices(len(encoded), config.eval_fraction, config.max_eval_samples, config.seed,
                                         groups=digests)
-    heldout = heldout_record(config, frame, sample_keys(frame), digests, train_ids, eval_ids)
-    as_rows = [{"input_ids": s.input_ids, "labels": s.labels} for s in encoded]
-    train_rows, eval_rows = [as_rows[i] for i in train_ids], [as_rows[i] for i in eval_ids]
-    log.info("train: %d samples (%d held out, %d truncated to %d tokens)", len(encoded), len(eval_rows), truncated,
+    rows = [{"input_ids": s.input_ids, "labels": s.labels} for s in encoded]
+    truncated = sum(sample.truncated for sample in encoded)
+    log.info("train: %d samples (%d held out, %d truncated to %d tokens)", len(encoded), len(eval_ids), truncated,
              config.max_length)
+    return Prepared(tokenizer, [rows[i] for i in train_ids], [rows[i] for i in eval_ids], truncated,
+                    heldout_record(config, frame, sample_keys(frame), digests, train_ids, eval_ids))
+
+
+def plan_for(config: TrainConfig, base: str):  # noqa: ANN201
+    """What this hardware runs of the recipe (said in log lines and recorded in metrics.json)."""
+    from transformers import AutoConfig
+
+    from cookiebaker.models import load_failure
+    from cookiebaker.train.plan import make_plan
 
     try:
         model_type = AutoConfig.from_pretrained(base).model_type
     except (OSError, ValueError) as exc:
         raise load_failure(base, exc) from None
-    plan = make_plan(quantization=config.quantization, precision=config.precision, optimizer=config.optimizer,
+    return make_plan(quantization=config.quantization, precision=config.precision, optimizer=config.optimizer,
                      gradient_checkpointing=config.gradient_checkpointing,
                      attn_implementation=config.attn_implementation, model_type=model_type)
-    set_seed(config.seed)
+
+
+def _load_base(base: str, plan) -> Any:  # noqa: ANN001
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from cookiebaker.models import load_failure
+
     load_kwargs: dict = {"attn_implementation": plan.attn_implementation}
     if plan.quantize_4bit:
         from transformers import BitsAndBytesConfig
@@ -274,9 +341,16 @@ def run(config: TrainConfig) -> dict:
     else:
         load_kwargs["dtype"] = torch.float32 if plan.device == "cpu" else plan.compute_dtype
     try:
-        model = AutoModelForCausalLM.from_pretrained(base, **load_kwargs)
+        return AutoModelForCausalLM.from_pretrained(base, **load_kwargs)
     except (OSError, ValueError) as exc:
         raise load_failure(base, exc) from None
+
+
+def build_model(config: TrainConfig, base: str, plan) -> Any:  # noqa: ANN001
+    """The base (4-bit on CUDA) with LoRA adapters on the target modules it has."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    model = _load_base(base, plan)
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     targets = [m for m in config.target_modules if m in present]
     missing = sorted(set(config.target_modules) - set(targets))
@@ -288,12 +362,17 @@ def run(config: TrainConfig) -> dict:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=plan.gradient_checkpointing)
     elif plan.gradient_checkpointing:
         model.enable_input_require_grads()
-    model = get_peft_model(model, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha,
-                                             lora_dropout=config.lora_dropout, target_modules=targets,
-                                             task_type="CAUSAL_LM"))
-    loggers = _logging_environment(config, output)
+    return get_peft_model(model, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha,
+                                            lora_dropout=config.lora_dropout, target_modules=targets,
+                                            task_type="CAUSAL_LM"))
+
+
+def _training_arguments(config: TrainConfig, plan, loggers: list[str]) -> Any:  # noqa: ANN001
+    from transformers import TrainingArguments
+
+    output = Path(config.output_dir)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    args = TrainingArguments(
+    return TrainingArguments(
         output_dir=str(output),
         max_steps=config.max_steps,
         per_device_train_batch_size=config.batch_size,
@@ -322,44 +401,58 @@ def run(config: TrainConfig) -> dict:
         dataloader_num_workers=0,
         disable_tqdm=os.environ.get("COOKIEBAKER_PROGRESS") == "off",
     )
+
+
+def build_trainer(config: TrainConfig, model: Any, data: Prepared, plan, loggers: list[str]):  # noqa: ANN001, ANN201
+    from cookiebaker.train.trainer import ResponseOnlyTrainer, ThroughputCallback, flattening_collator
+
     throughput = ThroughputCallback()
-    trainer = ResponseOnlyTrainer(model=model, args=args, train_dataset=train_rows,
-                                  eval_dataset=eval_rows or None, data_collator=flattening_collator(),
-                                  processing_class=tokenizer, callbacks=[throughput])
-    eval_before = trainer.evaluate()["eval_loss"] if eval_rows else None
-    resume_from = _latest_checkpoint(output) if config.resume else None
+    trainer = ResponseOnlyTrainer(model=model, args=_training_arguments(config, plan, loggers),
+                                  train_dataset=data.train_rows, eval_dataset=data.eval_rows or None,
+                                  data_collator=flattening_collator(), processing_class=data.tokenizer,
+                                  callbacks=[throughput])
+    return trainer, throughput
+
+
+def fit(config: TrainConfig, trainer: Any, throughput: Any, data: Prepared, plan) -> dict:  # noqa: ANN001
+    """Evaluate, train (resuming where asked), evaluate again: the metrics."""
+    eval_before = trainer.evaluate()["eval_loss"] if data.eval_rows else None
+    resume_from = _latest_checkpoint(Path(config.output_dir)) if config.resume else None
     if config.resume and resume_from is None:
-        log.warning("--resume: no checkpoint in %s yet, starting from the beginning", output)
+        log.warning("--resume: no checkpoint in %s yet, starting from the beginning", config.output_dir)
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     wall = time.perf_counter() - started
-    eval_after = trainer.evaluate()["eval_loss"] if eval_rows else None
-    metrics = {
+    eval_after = trainer.evaluate()["eval_loss"] if data.eval_rows else None
+    return {
         "eval_loss_before": eval_before,
         "eval_loss_after": eval_after,
         "train_loss": result.training_loss,
         "trained_tokens": trainer.tokens_seen,
         "tokens_per_second": round(trainer.tokens_seen / throughput.seconds, 2) if throughput.seconds else None,
         "train_seconds": round(wall, 2),
-        "samples": len(train_rows),
-        "eval_samples": len(eval_rows),
-        "truncated": truncated,
+        "samples": len(data.train_rows),
+        "eval_samples": len(data.eval_rows),
+        "truncated": data.truncated,
         "steps": trainer.state.global_step,
         "resumed_from": resume_from.name if resume_from else None,
         "base_model": config.base_model,
         "plan": plan.describe(),
     }
-    if trainer.is_world_process_zero():
-        trainer.save_model(str(output))  # the final adapter (and tokenizer) at the top of output_dir
-        write_json(metrics, output / "metrics.json")
-        write_json(heldout, output / HELDOUT_FILE)
-        write_loss_curve(trainer.state.log_history, eval_before, eval_after, output / "loss_curve")
-        if config.report:
-            report = Path(config.report)
-            write_json(metrics, report)
-            shutil.copy(output / "loss_curve.json", report.with_name(f"{report.stem}_loss.json"))
-        save_resolved_config(config, output / "train_config.yaml")
-    log.info("train: eval loss %s → %s, %d tokens at %s tokens/s", eval_before, eval_after, trainer.tokens_seen,
-             metrics["tokens_per_second"])
-    return metrics
 
+
+def write_outputs(config: TrainConfig, trainer: Any, metrics: dict, heldout: dict) -> None:
+    """The final adapter at the top of output_dir, metrics.json, heldout.json, the loss curve, the report."""
+    from cookiebaker.train.trainer import write_loss_curve
+
+    output = Path(config.output_dir)
+    trainer.save_model(str(output))
+    write_json(metrics, output / "metrics.json")
+    write_json(heldout, output / HELDOUT_FILE)
+    write_loss_curve(trainer.state.log_history, metrics["eval_loss_before"], metrics["eval_loss_after"],
+                     output / "loss_curve")
+    if config.report:
+        report = Path(config.report)
+        write_json(metrics, report)
+        shutil.copy(output / "loss_curve.json", report.with_name(f"{report.stem}_loss.json"))
+    save_resolved_config(config, output / "train_config.yaml")

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from cookiebaker.errors import ModelError
+
 log = logging.getLogger(__name__)
 
 
@@ -45,7 +47,7 @@ def make_plan(*, quantization: str, precision: str, optimizer: str, gradient_che
                 import bitsandbytes  # noqa: F401
             except ImportError:
                 if quantization == "nf4":
-                    raise
+                    raise ModelError("quantization 'nf4' needs bitsandbytes: pip install -e '.[cuda]'") from None
                 quantize = False
                 changes.append("4-bit NF4 needs bitsandbytes (pip install bitsandbytes): loading the base in 16 bit")
         if precision == "auto":

@@ -1,0 +1,42 @@
+"""The service's routes, one module per API: the client webhook, Ollama's API, OpenAI's API, health and metrics."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+from fastapi import Request
+
+from cookiebaker.serve.responders import HTTPProblem
+
+
+async def body_of(request: Request) -> dict:
+    """The request's JSON object (a 4xx problem otherwise)."""
+    limit = request.app.state.service.max_body_bytes
+    raw = await request.body()
+    if len(raw) > limit:
+        raise HTTPProblem(413, f"request body over {limit} bytes")
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise HTTPProblem(400, "the body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise HTTPProblem(400, "the body must be a JSON object")
+    return data
+
+
+def chat_messages(value: object) -> list[dict]:
+    """A request's ``messages``: a non-empty list of {role, content}."""
+    if not isinstance(value, list) or not value:
+        raise HTTPProblem(400, "'messages' must be a non-empty list of {role, content}")
+    out = []
+    for item in value:
+        if not (isinstance(item, dict) and item.get("role") in ("system", "user", "assistant")
+                and isinstance(item.get("content"), str)):
+            raise HTTPProblem(400, "each message needs a role (system, user or assistant) and a string content")
+        out.append({"role": item["role"], "content": item["content"]})
+    return out
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")

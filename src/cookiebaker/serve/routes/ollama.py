@@ -1,0 +1,64 @@
+"""Ollama's chat API: POST /api/chat (NDJSON stream by default), GET /api/tags, GET /api/version."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from cookiebaker.serve.responders import HTTPProblem
+from cookiebaker.serve.routes import body_of, chat_messages, now
+
+router = APIRouter()
+
+
+@router.get("/api/tags")
+async def tags(request: Request) -> dict:
+    backends = request.app.state.service.responders.backends
+    return {"models": [{"name": name, "model": name, "modified_at": now(), "size": 0,
+                        "digest": uuid.uuid5(uuid.NAMESPACE_URL, backend.description).hex,
+                        "details": {"format": "gguf" if backend.description.startswith("gguf") else "",
+                                    "family": "cookiebaker"}} for name, backend in backends.items()]}
+
+
+@router.get("/api/version")
+async def version() -> dict:
+    from cookiebaker import __version__
+
+    return {"version": f"cookiebaker-{__version__}"}
+
+
+def _line(body: dict) -> bytes:
+    return (json.dumps(body) + "\n").encode()
+
+
+@router.post("/api/chat")
+async def chat(request: Request) -> Response:
+    responders = request.app.state.service.responders
+    data = await body_of(request)
+    model = responders.resolve(data.get("model"))
+    messages = chat_messages(data.get("messages"))
+    options = data.get("options") or {}
+    sampling = responders.sampling(model, options.get("temperature"), options.get("top_p"),
+                                   options.get("num_predict"), options.get("stop"))
+    if data.get("stream", True) is False:
+        reply = await responders.complete(model, messages, sampling)
+        return JSONResponse({"model": model, "created_at": now(), "message": {"role": "assistant", "content": reply},
+                             "done": True, "done_reason": "stop"})
+    await responders.first_check(model)
+
+    async def lines() -> AsyncIterator[bytes]:
+        try:
+            async for piece in responders.stream(model, messages, sampling):
+                yield _line({"model": model, "created_at": now(), "message": {"role": "assistant", "content": piece},
+                             "done": False})
+        except HTTPProblem as exc:
+            yield _line({"error": exc.message})
+            return
+        yield _line({"model": model, "created_at": now(), "message": {"role": "assistant", "content": ""},
+                     "done": True, "done_reason": "stop"})
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
