@@ -50,7 +50,8 @@ def test_params_file_and_flags(tmp_path: Path) -> None:
     assert resolved["burst_window_minutes"] == 10 and resolved["privacy"]["scrub_emails"] is True
     assert run_cli("pairs", "m.parquet", "-o", "qa.parquet", "--burst-window-minutes", "1", cwd=tmp_path).returncode == 0
     assert pl.read_parquet(tmp_path / "qa.parquet")["response"].to_list() == ["a"]
-    assert run_cli("pairs", "m.parquet", "-o", "qa.parquet", "--opt-out-sender-id", "user11", cwd=tmp_path).returncode == 0
+    assert run_cli("pairs", "m.parquet", "-o", "qa.parquet", "--privacy.opt-out-sender-ids", "user11",
+                   cwd=tmp_path).returncode == 0
     assert pl.read_parquet(tmp_path / "qa.parquet").height == 0
 
 
@@ -155,3 +156,67 @@ def test_params_yaml_is_valid_for_every_stage() -> None:
     assert recipe.base_model == "IlyaGusev/gemma-2-2b-it-abliterated"
     exported = build_config(ExportConfig, "export", params)
     assert (exported.temperature, exported.top_p) == (0.7, 0.7)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+@pytest.mark.parametrize("command", ["ingest", "pairs", "train", "merge", "export", "push", "eval", "serve", "report",
+                                     "demo"])
+def test_every_config_field_is_a_documented_flag(command: str, capsys) -> None:
+    """The command line is derived from the typed configs: every field (nested ones too) is a flag whose help is
+    the field's docstring, with its default; and every command reads the same --params file."""
+    from cookiebaker.cli import COMMANDS, _build_parser
+    from cookiebaker.config import StageConfig
+
+    parser, _ = _build_parser(command)
+    with pytest.raises(SystemExit):
+        parser.parse_args([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--params FILE" in text
+
+    def check(cls: type, prefix: str) -> None:
+        for name, info in cls.model_fields.items():
+            annotation = info.annotation
+            if isinstance(annotation, type) and issubclass(annotation, StageConfig):
+                check(annotation, f"{prefix}{name}.")
+                continue
+            assert f"{_flag(prefix + name)[:2]}{prefix}{name.replace('_', '-')}" in text, (command, name)
+            assert info.description, f"{cls.__name__}.{name} has no docstring"
+            assert " ".join(info.description.split())[:40] in text, (command, name)
+
+    check(COMMANDS[command].config_class(), "")
+    assert "(default:" in text or "(default factory:" in text
+
+
+def test_one_message_names_every_bad_flag(tmp_path: Path) -> None:
+    result = run_cli("pairs", "m.parquet", "--max-turns", "3", "--burst-window-minutes", "-1", "--mode", "nope",
+                     "--session-gap-minutes", "soon", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cookiebaker pairs: error: invalid pairs config:")
+    for option in ("'max_turns'", "'burst_window_minutes'", "'mode'", "'session_gap_minutes'"):
+        assert option in lines[0], lines[0]
+
+
+def test_a_nested_flag_keeps_the_params_files_other_options(tmp_path: Path) -> None:
+    write_chat(tmp_path / "chat.json", [msg(1, "mail me at ann@example.com", sender="Ann", sender_id="user10", date=T0),
+                                        msg(2, "ok", sender="Ben", sender_id="user11", date=T0 + 30, reply_to_message_id=1),
+                                        msg(3, "q2", sender="Cy", sender_id="user12", date=T0 + 60),
+                                        msg(4, "a2", sender="Ann", sender_id="user10", date=T0 + 90, reply_to_message_id=3)])
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"pairs": {"privacy": {"opt_out_sender_ids": ["user12"]}}}))
+    assert run_cli("ingest", "chat.json", "-o", "m.parquet", cwd=tmp_path).returncode == 0
+    result = run_cli("pairs", "m.parquet", "-o", "qa.parquet", "--no-privacy.scrub-emails", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load((tmp_path / "qa.parquet.config.yaml").read_text())["privacy"]
+    assert resolved["opt_out_sender_ids"] == ["user12"] and resolved["scrub_emails"] is False
+    assert pl.read_parquet(tmp_path / "qa.parquet")["query"].to_list() == ["mail me at ann@example.com"]
+
+
+def test_report_and_serve_read_the_params_file(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"report": {"colour": "red"}, "serve": {"port": "x"}}))
+    report = run_cli("report", "--workdir", str(tmp_path), cwd=tmp_path)
+    assert report.returncode == 1 and "unknown option 'colour'" in report.stderr
+    serve = run_cli("serve", "--sfw-model", "x.gguf", "--params", str(tmp_path / "params.yaml"), cwd=tmp_path)
+    assert serve.returncode == 1 and "'port'" in serve.stderr and "Traceback" not in serve.stderr

@@ -20,13 +20,10 @@ DEFAULT_PARAMS = Path("params.yaml")
 
 
 class StageConfig(BaseModel):
-    """Base of every stage config: unknown options are errors, field docstrings are the documentation.
+    """Base of every stage config: unknown options are errors, field docstrings are the documentation (and the
+    command line's help: ``cookiebaker COMMAND --help``)."""
 
-    (Not ``use_attribute_docstrings``: pydantic then reads each class's source at import, which costs every
-    command a tenth of a second.)
-    """
-
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True, use_attribute_docstrings=True)
 
 
 C = TypeVar("C", bound=StageConfig)
@@ -50,6 +47,18 @@ def _without(values: dict[str, Any], locations: list[tuple]) -> dict[str, Any]:
         if isinstance(holder, dict):
             holder.pop(loc[-1], None)
     return values
+
+
+def _merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated with ``overrides``, nested sections key by key (a flag for one privacy option keeps the
+    params file's others)."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merged(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def read_params(path: str | os.PathLike[str] | None) -> dict[str, Any]:
@@ -80,7 +89,7 @@ def build_config(
     values = (params or {}).get(section) or {}
     if not isinstance(values, dict):
         raise ConfigError(f"params section '{section}' must be a mapping, got {type(values).__name__}")
-    merged = {**values, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    merged = _merged(values, {k: v for k, v in (overrides or {}).items() if v is not None})
     try:
         return cls.model_validate(merged)
     except ValidationError as exc:
