@@ -53,6 +53,7 @@ def test_eval_merged_folder_against_its_base(tiny_merged: Path, tiny_gemma: Path
     report = evaluation.run(evaluation.EvalConfig(model=str(tiny_merged), data=str(demo_pairs), output=str(output),
                                                   base_model=str(tiny_gemma), max_samples=4, max_new_tokens=8))
     assert report["generated"] == 4 and report["leaked"] == 0
+    assert set(report) == set(evaluation.EvalReport.__annotations__)
     assert MEASURES <= set(report["tuned"]) and MEASURES <= set(report["base"])
     assert {"mean_reply_words", "distinct_2"} <= set(report["real"])
     assert report["tuned"]["loss"] < report["base"]["loss"]  # trained on the chat's style

@@ -197,5 +197,6 @@ def test_export_never_changes_its_input(merged: Path, tmp_path: Path) -> None:
     report = export.run(ExportConfig(model=str(source), output_dir=str(tmp_path / "out"), name="m", quantize="f16"))
     assert digests() == before
     assert report["tokenizer_fix"]["added_tokens_decoder"] > 0
+    assert set(report) == set(export.ExportReport.__annotations__)
     assert report["parity"]["tokenizer_matches"] and report["parity"]["agreement"] == 1.0
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no staging left behind

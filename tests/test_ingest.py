@@ -10,8 +10,9 @@ from conftest import msg, service, synth_export, write_chat
 
 from cookiebaker import ingest
 from cookiebaker.errors import ExportFormatError, InputFileError
-from cookiebaker.ingest import IngestConfig, bulk, read_export
-from cookiebaker.ingest.schema import MESSAGE_SCHEMA
+from cookiebaker.ingest import IngestConfig, read_export, telegram
+from cookiebaker.ingest.telegram import bulk
+from cookiebaker.messages import MESSAGE_SCHEMA
 
 REAL_FILES = [
     "akarsh1995/telegram.json", "bitnada/result-2021.json", "dogs_community/result.json",
@@ -107,6 +108,7 @@ def test_migrated_negative_ids(telegram_dir: Path) -> None:
 def test_full_account_layout_and_duplicate_chats(telegram_dir: Path, tmp_path: Path) -> None:
     report = ingest.run(IngestConfig(inputs=[str(telegram_dir / "akarsh1995")], output=str(tmp_path / "m.parquet")))
     assert report["rows"] == 6 and report["duplicate_rows_dropped"] == 6  # both chats share chat and message ids
+    assert set(report) == set(ingest.IngestReport.__annotations__)  # the typed result is what it says
     assert report["rows_by_kind"] == {"message": 5, "service": 1, "unsupported": 0}
 
 
@@ -143,7 +145,7 @@ def test_sliced_decoding_equals_whole_decoding(synth_tool: Path, tmp_path: Path,
     monkeypatch.setattr(bulk, "BULK_MIN_BYTES", 1 << 40)
     path, _ = synth_export(synth_tool, tmp_path / "s.json", 5_000, seed=3)
     whole = read_export(path)
-    monkeypatch.setattr(ingest, "SLICE_BYTES", 50_000)
+    monkeypatch.setattr(telegram, "SLICE_BYTES", 50_000)
     sliced = read_export(path)
     assert sliced.equals(whole)
 
@@ -267,7 +269,7 @@ def test_minified_export_is_read_in_one_piece(tmp_path: Path, monkeypatch) -> No
     path = tmp_path / "min.json"
     path.write_text(json.dumps({"name": "g", "type": "private_group", "id": 5, "messages": messages},
                                separators=(",", ":")))
-    monkeypatch.setattr(ingest, "SLICE_BYTES", 100)
+    monkeypatch.setattr(telegram, "SLICE_BYTES", 100)
     frame = read_export(path)
     assert frame["text"].to_list() == [f"hello {i}" for i in range(1, 200)]
 
@@ -360,3 +362,22 @@ def test_skip_invalid_lists_bad_files(tmp_path: Path) -> None:
     assert report["files_read"] == 1 and report["files_skipped"] == 1
     assert report["skipped"][0]["file"].endswith("bad.json") and "HTML" in report["skipped"][0]["error"]
     assert pl.read_parquet(out).height == 1
+
+
+def test_readers_are_chosen_by_content(tmp_path: Path, telegram_dir: Path) -> None:
+    from cookiebaker.ingest.readers import reader_for
+    from cookiebaker.ingest.telegram import TelegramReader
+
+    reader = TelegramReader()
+    for name in REAL_FILES:  # every real export, single-chat and full-account, is recognised by its content
+        head = (telegram_dir / name).read_bytes()[:4096]
+        assert reader.detect(head), name
+    disguised = tmp_path / "export.txt"  # the name does not matter
+    disguised.write_bytes((telegram_dir / "tg2md" / "result.json").read_bytes())
+    assert reader_for(disguised).name == "telegram" and read_export(disguised).height > 0
+    for content in (b'{"rows": []}', b"<!DOCTYPE html><html>", b"[1, 2, 3]", b"\xef\xbb\xbf" + b'{"foo": 1}'):
+        assert not reader.detect(content), content
+    other = tmp_path / "other.json"
+    other.write_bytes(b'{"rows": []}')
+    with pytest.raises(InputFileError, match="other.json"):  # no reader claims it: the first one says why
+        read_export(other)

@@ -52,7 +52,7 @@ def test_merge_from_the_train_folder_and_errors(adapter: Path, tmp_path: Path) -
 
     # The train folder's top level holds the final adapter: the last checkpoint's weights, merged alike.
     report = merge.run(MergeConfig(adapter=str(adapter.parent), output=str(tmp_path / "m")))
-    assert report["adapter"] == str(adapter.parent)
+    assert report["adapter"] == str(adapter.parent) and set(report) == set(merge.MergeReport.__annotations__)
     merge.run(MergeConfig(adapter=str(adapter), output=str(tmp_path / "c")))
     from_folder, from_checkpoint = load_file(tmp_path / "m" / "model.safetensors"), \
         load_file(tmp_path / "c" / "model.safetensors")

@@ -22,6 +22,7 @@ def make_pairs(tmp_path: Path, messages: list[dict], **options) -> tuple[pl.Data
     ingest.run(ingest.IngestConfig(inputs=[str(tmp_path / "chat.json")], output=str(tmp_path / "m.parquet")))
     config = PairsConfig(input=str(tmp_path / "m.parquet"), output=str(tmp_path / "qa.parquet"), **options)
     report = pairs.run(config)
+    assert set(report) <= set(pairs.PairsReport.__annotations__)  # one set of keys in both modes
     return pl.read_parquet(tmp_path / "qa.parquet"), report
 
 

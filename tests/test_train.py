@@ -102,6 +102,7 @@ def test_training_run_checkpoints_and_metrics(tiny_gemma: Path, demo_pairs: Path
                                     max_steps=16, save_steps=8, **FAST))
     assert metrics["eval_loss_after"] < metrics["eval_loss_before"] - 0.05
     assert metrics["samples"] + metrics["eval_samples"] == pl.read_parquet(demo_pairs).height
+    assert set(metrics) == set(train.TrainMetrics.__annotations__)
     assert metrics["trained_tokens"] > 0 and metrics["tokens_per_second"] > 0 and metrics["truncated"] == 0
     assert {p.name for p in out.glob("checkpoint-*")} == {"checkpoint-8", "checkpoint-16"}
     adapter = json.loads((out / "checkpoint-16" / "adapter_config.json").read_text())

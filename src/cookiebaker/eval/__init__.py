@@ -14,6 +14,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 import polars as pl
 import yaml
@@ -31,6 +32,22 @@ __all__ = ["EvalConfig", "run", "find_split"]
 log = logging.getLogger(__name__)
 
 HELDOUT_FILE = "heldout.json"  # written by ``train`` beside the adapter
+
+
+class EvalReport(TypedDict, total=False):
+    """The JSON report (a DVC metric): numbers only, never chat text. ``base`` is absent without a base."""
+
+    model: str
+    base_model: str | None
+    data: str
+    split: str
+    heldout_samples: int
+    generated: int
+    leaked: int
+    sampling: dict
+    tuned: dict
+    base: dict
+    real: dict
 
 
 class EvalConfig(StageConfig):
@@ -232,7 +249,7 @@ def samples_path(markdown: Path) -> Path:
     return markdown.with_name(f"{markdown.stem}.samples.json")
 
 
-def run(config: EvalConfig) -> dict:
+def run(config: EvalConfig) -> EvalReport:
     """Evaluate the tuned model (and its base) on the held-out samples; write the JSON and Markdown reports."""
     held = load_heldout(config)
     if held.leaked:
@@ -244,7 +261,7 @@ def run(config: EvalConfig) -> dict:
              min(config.max_samples, len(held.conversations)))
     tuned, tuned_replies, sampling = _measure(config.model, "tuned", held, config, None)
     replies = {"tuned": tuned_replies}
-    report = {
+    report: EvalReport = {
         "model": config.model,
         "base_model": base_reference if compare else None,
         "data": config.data,

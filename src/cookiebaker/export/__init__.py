@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypedDict
 
 from pydantic import Field
 
@@ -28,6 +28,19 @@ K_QUANTS = {"q4_K_M": 15, "q5_K_M": 17, "q6_K": 18}  # llama.cpp LLAMA_FTYPE_MOS
 GEMMA_TYPES = ("gemma", "gemma2", "gemma3", "gemma3_text")
 DEFAULT_PROMPTS = ["Hi! How are you today?", "What should we bring to the party on Friday?",
                    "Tell me something funny about cookies."]
+
+
+class ExportReport(TypedDict):
+    """export.json (also the report, a DVC metric)."""
+
+    gguf: str
+    gguf_bytes: int
+    quantize: str
+    family: str
+    modelfile: str
+    modelfile_safetensors: str
+    tokenizer_fix: dict
+    parity: dict | None
 
 
 class ExportConfig(StageConfig):
@@ -129,7 +142,7 @@ def write_text(target: Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def run(config: ExportConfig) -> dict:
+def run(config: ExportConfig) -> ExportReport:
     from transformers import AutoConfig, AutoTokenizer
 
     model = Path(config.model)
@@ -167,7 +180,7 @@ def run(config: ExportConfig) -> dict:
             log.info("parity: prompt %d: %d/%d tokens agree%s", parity["prompts"].index(item) + 1,
                      item["agreed_tokens"], item["compared_tokens"],
                      f" (numerical tie at token {item['tie_at']})" if item["tie_at"] is not None else "")
-    report = {
+    report: ExportReport = {
         "gguf": str(gguf),
         "gguf_bytes": gguf.stat().st_size,
         "quantize": config.quantize,

@@ -1,35 +1,39 @@
-"""Stage ``ingest``: Telegram Desktop JSON exports → one Parquet table of messages (one row per entry)."""
+"""Stage ``ingest``: chat exports → one Parquet table of messages (one row per entry).
+
+Each file goes to the reader that recognises its content (``readers``; Telegram Desktop JSON today, in
+``ingest.telegram``); the messages table (``cookiebaker.messages``) is the contract with every later stage."""
 
 from __future__ import annotations
 
-import gc
 import logging
-import os
 from pathlib import Path
+from typing import TypedDict
 
 import polars as pl
-from msgspec import Raw
 from pydantic import Field
 
 from cookiebaker.config import StageConfig, config_path_for, save_resolved_config
 from cookiebaker.errors import InputFileError
-from cookiebaker.ingest import bulk
-from cookiebaker.ingest.columns import chat_frame, empty_frame, finish_frame, messages_frame
-from cookiebaker.ingest.decode import (
-    Chat,
-    SliceMismatch,
-    decode_export,
-    decode_messages,
-    decode_slice,
-    message_spans,
-    slice_json,
-)
-from cookiebaker.ingest.schema import KINDS, MESSAGE_COLUMNS, MESSAGE_SCHEMA, sorted_by_chat_and_id
+from cookiebaker.ingest.readers import reader_for
 from cookiebaker.io import write_json, write_parquet
+from cookiebaker.messages import KINDS, MESSAGE_COLUMNS, MESSAGE_SCHEMA, sorted_by_chat_and_id
 
 __all__ = ["IngestConfig", "run", "read_export", "find_export_files", "MESSAGE_COLUMNS", "MESSAGE_SCHEMA"]
 
 log = logging.getLogger(__name__)
+
+
+class IngestReport(TypedDict):
+    """What ``ingest`` read and wrote (also the JSON report, a DVC metric)."""
+
+    files_read: int
+    files_skipped: int
+    chats: int
+    rows: int
+    rows_by_kind: dict[str, int]
+    duplicate_rows_dropped: int
+    files: list[str]
+    skipped: list[dict[str, str]]
 
 
 class IngestConfig(StageConfig):
@@ -65,82 +69,9 @@ def find_export_files(inputs: list[str]) -> list[Path]:
     return list(unique.values())
 
 
-# The msgspec decoder works a slice of this many bytes at a time, so that a large chat it has to read never
-# exists as millions of Python objects at once.
-SLICE_BYTES = 16 * 1024 * 1024
-
-
-def _cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def _slice_frame(piece: bytes | memoryview) -> tuple[pl.DataFrame, object]:
-    gc_was_enabled = gc.isenabled()
-    gc.disable()  # millions of small objects: the cyclic collector would only slow decoding down
-    try:
-        return messages_frame(decode_slice(piece))
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-
-
-def _decoded_slices(path: Path, raw: Raw) -> list[tuple[pl.DataFrame, object]]:
-    """A chat's messages through msgspec, a slice at a time (the whole array at once if it cannot be sliced)."""
-    view = memoryview(raw)
-    spans = message_spans(raw, SLICE_BYTES)
-    try:
-        if len(spans) == 1:
-            return [_slice_frame(view)]
-        return [_slice_frame(slice_json(view[begin:end])) for begin, end in spans]
-    except SliceMismatch:
-        return [messages_frame(decode_messages(str(path), raw))]
-
-
-def _buffer_offset(buffer: bytes, view: memoryview) -> int:
-    import numpy as np  # only large account exports need it
-
-    address = np.frombuffer(view, np.uint8).ctypes.data if len(view) else 0
-    return address - np.frombuffer(buffer, np.uint8).ctypes.data
-
-
-def _bulk_frame(path: Path, chat: Chat, source: bulk.Source, begin: int, end: int) -> pl.DataFrame | None:
-    """A large chat through DuckDB, or None when only msgspec can read it (then nothing was lost but time)."""
-    try:
-        raw, first_peer = bulk.read_messages(source, begin, end, _cpu_count())
-    except bulk.BulkUnsupported as exc:
-        log.debug("%s: chat %s is read by the exact decoder instead of the bulk reader: %s", path, chat.id, exc)
-        return None
-    return chat_frame(chat.id, chat.name, chat.type, [(finish_frame(raw), first_peer)], str(path))
-
-
 def read_export(path: str | Path) -> pl.DataFrame:
-    """Read one export file (single chat or full account) into the messages table."""
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-        if size and size >= bulk.BULK_MIN_BYTES:
-            with bulk.mapped_file(path) as source:  # a single-chat export is read without decoding it whole
-                located = bulk.locate_single_chat(str(path), source)
-                if located is not None:
-                    chat, begin, end = located
-                    frame = _bulk_frame(path, chat, source, begin, end)
-                    if frame is not None:
-                        return frame
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InputFileError(path, f"cannot read the file: {exc.strerror or exc}") from None
-    chats, buffer = decode_export(str(path), data)
-    frames = []
-    for chat in chats:
-        frame = None
-        if len(chat.messages) >= bulk.BULK_MIN_BYTES:
-            begin = _buffer_offset(buffer, memoryview(chat.messages))
-            frame = _bulk_frame(path, chat, bulk.Source(buffer), begin, begin + len(chat.messages))
-        if frame is None:
-            frame = chat_frame(chat.id, chat.name, chat.type, _decoded_slices(path, chat.messages), str(path))
-        frames.append(frame)
-    del chats, data, buffer
-    return pl.concat(frames, how="vertical") if frames else empty_frame()
+    """One export file as the messages table, by the reader that recognises its content."""
+    return reader_for(Path(path)).read(Path(path))
 
 
 def deduplicate(frame: pl.DataFrame) -> tuple[pl.DataFrame, int]:
@@ -157,7 +88,7 @@ def default_report_path(output: str | Path) -> Path:
     return output.with_name(f"{output.stem}_ingest.json")
 
 
-def run(config: IngestConfig) -> dict:
+def run(config: IngestConfig) -> IngestReport:
     """Read every export, write the messages table, its report and the resolved config. Returns the report."""
     files = find_export_files(config.inputs)
     if not files:
@@ -189,7 +120,7 @@ def run(config: IngestConfig) -> dict:
     by_kind = dict.fromkeys(KINDS, 0)
     for kind, count in frame.group_by("kind").len().iter_rows():
         by_kind[kind] = count
-    report = {
+    report: IngestReport = {
         "files_read": len(files) - len(skipped),
         "files_skipped": len(skipped),
         "chats": frame.select(pl.col("chat_id").n_unique()).item(),

@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypedDict
 
 from cookiebaker.config import StageConfig, save_resolved_config
 from cookiebaker.errors import ModelError
@@ -16,6 +16,14 @@ from cookiebaker.errors import ModelError
 __all__ = ["MergeConfig", "run", "find_adapter"]
 
 log = logging.getLogger(__name__)
+
+
+class MergeReport(TypedDict):
+    adapter: str
+    base_model: str
+    output: str
+    dtype: str
+    tokenizer_files: list[str]
 
 
 class MergeConfig(StageConfig):
@@ -48,7 +56,7 @@ def _rewrite_merges_for_ollama(folder: Path) -> None:
             log.warning("%s", exc)
 
 
-def run(config: MergeConfig) -> dict:
+def run(config: MergeConfig) -> MergeReport:
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -88,7 +96,7 @@ def run(config: MergeConfig) -> dict:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    report = {"adapter": str(adapter), "base_model": reference, "output": str(output), "dtype": config.dtype,
+    report: MergeReport = {"adapter": str(adapter), "base_model": reference, "output": str(output), "dtype": config.dtype,
               "tokenizer_files": sorted(set(copied) | {p.name for p in output.glob("tokenizer*")})}
     log.info("merge: %s + %s → %s", reference, adapter, output)
     return report

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypedDict
 
 import polars as pl
 from pydantic import Field, field_validator, model_validator
@@ -31,6 +31,25 @@ def _canonical_sender_ids(values: list[str | int]) -> list[str]:
             text = f"user{text}"
         out.append(text)
     return out
+
+
+class PairsReport(TypedDict, total=False):
+    """What ``pairs`` read, produced and dropped (also the JSON report, a DVC metric). ``dropped`` counts, by
+    reason, the candidate replies (pairs mode) or the messages (conversations mode) that gave no sample."""
+
+    mode: str
+    messages: int
+    samples: int
+    dropped: dict[str, int]
+    scrubbed: dict[str, int]
+    response_senders: int | None
+    reply_candidates: int  # pairs mode
+    pairs: int
+    pairs_with_burst: int
+    burst_messages_merged: int
+    sessions: int  # conversations mode
+    sessions_without_exchange: int
+    turns: int
 
 
 class PrivacyConfig(StageConfig):
@@ -94,7 +113,7 @@ def default_report_path(output: str | Path) -> Path:
     return output.with_name(f"{output.stem}_report.json")
 
 
-def run(config: PairsConfig) -> dict:
+def run(config: PairsConfig) -> PairsReport:
     """Build the samples, write them, the report and the resolved config. Returns the report."""
     messages = read_messages(config.input)
     if messages.is_empty():
@@ -122,7 +141,7 @@ def run(config: PairsConfig) -> dict:
             scrub=scrubber.scrub_column,
         )
     write_parquet(samples, config.output)
-    report = {
+    report: PairsReport = {  # type: ignore[typeddict-item]
         "mode": config.mode,
         "messages": messages.height,
         "samples": samples.height,

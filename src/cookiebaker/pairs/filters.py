@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 
 from cookiebaker.errors import DatasetError
-from cookiebaker.ingest.schema import MESSAGE_SCHEMA, sorted_by_chat_and_id
+from cookiebaker.messages import MESSAGE_SCHEMA, sorted_by_chat_and_id
 
 REQUIRED_COLUMNS = ("chat_id", "message_id", "kind", "date", "sender", "sender_id", "text",
                     "reply_to_message_id", "reply_to_chat_id", "forwarded", "via_bot")

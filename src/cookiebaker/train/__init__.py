@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 import polars as pl
 from pydantic import Field, model_validator
@@ -209,6 +209,24 @@ def _latest_checkpoint(output: Path) -> Path | None:
     return max(checkpoints, key=lambda p: int(p.name.split("-")[-1])) if checkpoints else None
 
 
+class TrainMetrics(TypedDict):
+    """What ``train`` measured (metrics.json, also the report, a DVC metric)."""
+
+    eval_loss_before: float | None
+    eval_loss_after: float | None
+    train_loss: float
+    trained_tokens: int
+    tokens_per_second: float | None
+    train_seconds: float
+    samples: int
+    eval_samples: int
+    truncated: int
+    steps: int
+    resumed_from: str | None
+    base_model: str
+    plan: dict
+
+
 @dataclass
 class Prepared:
     """The samples as the model sees them, split for training and evaluation."""
@@ -220,7 +238,7 @@ class Prepared:
     heldout: dict
 
 
-def run(config: TrainConfig) -> dict:
+def run(config: TrainConfig) -> TrainMetrics:
     """Train the adapter; write checkpoints, the final adapter, metrics.json, heldout.json and the loss curve."""
     from transformers import set_seed
 
@@ -414,7 +432,7 @@ def build_trainer(config: TrainConfig, model: Any, data: Prepared, plan, loggers
     return trainer, throughput
 
 
-def fit(config: TrainConfig, trainer: Any, throughput: Any, data: Prepared, plan) -> dict:  # noqa: ANN001
+def fit(config: TrainConfig, trainer: Any, throughput: Any, data: Prepared, plan) -> TrainMetrics:  # noqa: ANN001
     """Evaluate, train (resuming where asked), evaluate again: the metrics."""
     eval_before = trainer.evaluate()["eval_loss"] if data.eval_rows else None
     resume_from = _latest_checkpoint(Path(config.output_dir)) if config.resume else None
@@ -441,7 +459,7 @@ def fit(config: TrainConfig, trainer: Any, throughput: Any, data: Prepared, plan
     }
 
 
-def write_outputs(config: TrainConfig, trainer: Any, metrics: dict, heldout: dict) -> None:
+def write_outputs(config: TrainConfig, trainer: Any, metrics: TrainMetrics, heldout: dict) -> None:
     """The final adapter at the top of output_dir, metrics.json, heldout.json, the loss curve, the report."""
     from cookiebaker.train.trainer import write_loss_curve
 

@@ -32,8 +32,8 @@ import msgspec
 import polars as pl
 from msgspec import UNSET, UnsetType
 
-from cookiebaker.ingest.columns import _RARE_MEDIA, bare_peer_id, canonical_peer
-from cookiebaker.ingest.decode import Chat, ExportRoot, message_spans
+from cookiebaker.ingest.telegram.columns import _RARE_MEDIA, bare_peer_id, canonical_peer
+from cookiebaker.ingest.telegram.decode import Chat, ExportRoot, message_spans
 
 log = logging.getLogger(__name__)
 

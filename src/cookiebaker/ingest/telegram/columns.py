@@ -5,8 +5,8 @@ from __future__ import annotations
 import polars as pl
 from msgspec import UNSET, Raw
 
-from cookiebaker.ingest.decode import Message, Peer
-from cookiebaker.ingest.schema import MESSAGE_SCHEMA, UTC_TIME
+from cookiebaker.ingest.telegram.decode import Message, Peer
+from cookiebaker.messages import MESSAGE_SCHEMA, UTC_TIME
 
 # tdesktop 2.4.0–2.7.1 wrote peers (and the chat id) as internal ids: 2^32 + user id, 2^33 + chat/channel id.
 # Older versions wrote plain int32 user ids; since 2.7.2 peers are strings such as "user123".
