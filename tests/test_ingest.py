@@ -381,3 +381,19 @@ def test_readers_are_chosen_by_content(tmp_path: Path, telegram_dir: Path) -> No
     other.write_bytes(b'{"rows": []}')
     with pytest.raises(InputFileError, match="other.json"):  # no reader claims it: the first one says why
         read_export(other)
+
+
+def test_invalid_utf8_names_its_byte_and_symlink_loops_say_so(tmp_path: Path) -> None:
+    path = write_chat(tmp_path / "chat.json", [msg(1, "x" * 400)])
+    data = bytearray(path.read_bytes())
+    data[317] = 0xFF  # inside the message text
+    path.write_bytes(bytes(data))
+    with pytest.raises(ExportFormatError, match=r"not valid UTF-8 \(byte 317\)"):
+        read_export(path)
+    (tmp_path / "a.json").symlink_to(tmp_path / "b.json")
+    (tmp_path / "b.json").symlink_to(tmp_path / "a.json")
+    with pytest.raises(InputFileError, match="loop of symbolic links"):
+        ingest.run(IngestConfig(inputs=[str(tmp_path / "a.json")], output=str(tmp_path / "m.parquet")))
+    (tmp_path / "gone.json").symlink_to(tmp_path / "nothing.json")
+    with pytest.raises(InputFileError, match="symbolic link to something that does not exist"):
+        ingest.run(IngestConfig(inputs=[str(tmp_path / "gone.json")], output=str(tmp_path / "m.parquet")))

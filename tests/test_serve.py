@@ -301,3 +301,47 @@ def test_metrics_are_labelled_by_route_template_not_raw_path(tmp_path: Path, mon
     assert "probe" not in metrics and "/nope" not in metrics
     assert 'cookiebaker_requests_total{path="unmatched",status="401"} 50.0' in metrics
     assert 'cookiebaker_requests_total{path="/webhook/response",status="200"} 1.0' in metrics
+
+
+def test_a_chunked_body_is_refused_while_it_is_read(tmp_path: Path) -> None:
+    """No content-length: the 1 MB limit still applies as the chunks arrive, not after the whole body."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    app, _, _ = make_app(tmp_path, max_body_bytes=1_000_000)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    threading.Thread(target=server.run, daemon=True).start()
+    for _ in range(200):
+        if server.started:
+            break
+        time.sleep(0.05)
+    sent, chunk = 0, b"x" * 65536
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+            connection.sendall(b"POST /webhook/response HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                               b"Transfer-Encoding: chunked\r\n\r\n")
+            connection.settimeout(0.01)
+            answer = b""
+            while sent < 50_000_000 and b"\r\n\r\n" not in answer:
+                try:
+                    connection.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                    sent += len(chunk)
+                except OSError:
+                    break
+                try:
+                    answer += connection.recv(65536)
+                except (TimeoutError, socket.timeout, BlockingIOError):
+                    pass
+            connection.settimeout(10)
+            while b"\r\n\r\n" not in answer:
+                answer += connection.recv(65536)
+    finally:
+        server.should_exit = True
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert sent < 5_000_000, sent  # answered after about a megabyte, not after the 50 MB the client had

@@ -134,7 +134,7 @@ def _adapter_weights(folder: Path) -> dict:
 
 
 def test_resume_after_an_interruption_is_deterministic(tiny_gemma: Path, demo_pairs: Path, tmp_path: Path,
-                                                       monkeypatch) -> None:
+                                                       monkeypatch, caplog) -> None:
     from cookiebaker.train import trainer as trainer_module
 
     common = {"data": str(demo_pairs), "base_model": str(tiny_gemma), "max_steps": 6, "save_steps": 2, **FAST}
@@ -148,9 +148,15 @@ def test_resume_after_an_interruption_is_deterministic(tiny_gemma: Path, demo_pa
     with pytest.raises(KeyboardInterrupt):
         train.run(TrainConfig(output_dir=str(tmp_path / "stopped"), **common))
     assert {p.name for p in (tmp_path / "stopped").glob("checkpoint-*")} == {"checkpoint-2"}
+    assert not (tmp_path / "stopped" / ".partial").exists()  # written aside, then renamed
+    half = tmp_path / "stopped" / "checkpoint-3"  # what a kill during the save used to leave behind
+    half.mkdir()
+    (half / "README.md").write_text("model card")
     monkeypatch.undo()
-    metrics = train.run(TrainConfig(output_dir=str(tmp_path / "stopped"), resume=True, **common))
+    with caplog.at_level(logging.INFO, logger="cookiebaker"):
+        metrics = train.run(TrainConfig(output_dir=str(tmp_path / "stopped"), resume=True, **common))
     assert metrics["resumed_from"] == "checkpoint-2" and metrics["steps"] == 6
+    assert "checkpoint-3 is incomplete" in caplog.text and "continuing from" in caplog.text
     straight, resumed = _adapter_weights(tmp_path / "straight"), _adapter_weights(tmp_path / "stopped")
     assert straight.keys() == resumed.keys()
     for name in straight:

@@ -5,7 +5,9 @@ Each file goes to the reader that recognises its content (``readers``; Telegram 
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 from pathlib import Path
 from typing import TypedDict
 
@@ -49,6 +51,20 @@ class IngestConfig(StageConfig):
     instead of failing on the first one."""
 
 
+def _why_missing(path: Path) -> str:
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a loop of symbolic links (it points back to itself)"
+        if path.is_symlink():
+            return "a symbolic link to something that does not exist"
+        if exc.errno == errno.ENOENT:
+            return "no such file or folder"
+        return f"cannot be read: {exc.strerror or exc}"
+    return "neither a file nor a folder"
+
+
 def find_export_files(inputs: list[str]) -> list[Path]:
     """Expand files and folders into the list of export files to read, in a stable order."""
     files: list[Path] = []
@@ -62,7 +78,7 @@ def find_export_files(inputs: list[str]) -> list[Path]:
         elif path.is_file():
             files.append(path)
         else:
-            raise InputFileError(path, "no such file or folder")
+            raise InputFileError(path, _why_missing(path))
     unique: dict[Path, Path] = {}
     for file in files:
         unique.setdefault(file.resolve(), file)  # a file named twice (directly and in a folder) is read once

@@ -205,8 +205,18 @@ def _checkpointing_arguments(arguments_class: type, enabled: bool) -> dict:
 
 
 def _latest_checkpoint(output: Path) -> Path | None:
-    checkpoints = [p for p in output.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
-    return max(checkpoints, key=lambda p: int(p.name.split("-")[-1])) if checkpoints else None
+    """The newest complete ``checkpoint-N``; incomplete ones (a run killed while writing one, before checkpoints
+    were written aside) are reported and passed over."""
+    from cookiebaker.train.trainer import CHECKPOINT_FILES
+
+    checkpoints = [p for p in output.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    for checkpoint in sorted(checkpoints, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
+        missing = [name for name in CHECKPOINT_FILES if not (checkpoint / name).is_file()]
+        if not missing:
+            log.info("--resume: continuing from %s", checkpoint)
+            return checkpoint
+        log.warning("--resume: %s is incomplete (no %s): ignored", checkpoint, ", ".join(missing))
+    return None
 
 
 class TrainMetrics(TypedDict):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,10 @@ import torch.nn.functional as F
 from transformers import DataCollatorWithFlattening, Trainer, TrainerCallback
 
 log = logging.getLogger(__name__)
+
+PARTIAL_DIR = ".partial"
+#: Files every complete checkpoint has (the trainer state is written last).
+CHECKPOINT_FILES = ("adapter_config.json", "trainer_state.json")
 
 
 class ResponseOnlyTrainer(Trainer):
@@ -29,6 +35,23 @@ class ResponseOnlyTrainer(Trainer):
         # compute_loss normalises by the number of label tokens of the whole accumulated batch itself.
         self.model_accepts_loss_kwargs = True
         self.tokens_seen = 0
+
+    def _save_checkpoint(self, model, trial) -> None:  # noqa: ANN001
+        """Write ``checkpoint-N`` aside (``.partial/``), then rename it into place: a run killed while saving
+        leaves no half-written checkpoint for --resume to pick."""
+        run_dir = Path(self._get_output_dir(trial=trial))
+        partial, name = run_dir / PARTIAL_DIR, f"checkpoint-{self.state.global_step}"
+        self._get_output_dir = lambda trial=None: str(partial)  # the folder Trainer writes this checkpoint into
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            del self._get_output_dir  # the class's method again
+        if self.args.should_save:
+            target = run_dir / name
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(partial / name, target)
+            shutil.rmtree(partial, ignore_errors=True)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
         labels = inputs.pop("labels")

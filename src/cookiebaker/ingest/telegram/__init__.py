@@ -67,7 +67,7 @@ def _slice_frame(piece: bytes | memoryview) -> tuple[pl.DataFrame, object]:
             gc.enable()
 
 
-def _decoded_slices(path: Path, raw: Raw) -> list[tuple[pl.DataFrame, object]]:
+def _decoded_slices(path: Path, raw: Raw, buffer: bytes) -> list[tuple[pl.DataFrame, object]]:
     """A chat's messages through msgspec, a slice at a time (the whole array at once if it cannot be sliced)."""
     view = memoryview(raw)
     spans = message_spans(raw, SLICE_BYTES)
@@ -76,7 +76,7 @@ def _decoded_slices(path: Path, raw: Raw) -> list[tuple[pl.DataFrame, object]]:
             return [_slice_frame(view)]
         return [_slice_frame(slice_json(view[begin:end])) for begin, end in spans]
     except SliceMismatch:
-        return [messages_frame(decode_messages(str(path), raw))]
+        return [messages_frame(decode_messages(str(path), raw, _buffer_offset(buffer, memoryview(raw))))]
 
 
 def _buffer_offset(buffer: bytes, view: memoryview) -> int:
@@ -120,7 +120,8 @@ def read_export(path: str | Path) -> pl.DataFrame:
             begin = _buffer_offset(buffer, memoryview(chat.messages))
             frame = _bulk_frame(path, chat, bulk.Source(buffer), begin, begin + len(chat.messages))
         if frame is None:
-            frame = chat_frame(chat.id, chat.name, chat.type, _decoded_slices(path, chat.messages), str(path))
+            frame = chat_frame(chat.id, chat.name, chat.type, _decoded_slices(path, chat.messages, buffer),
+                                str(path))
         frames.append(frame)
     del chats, data, buffer
     return pl.concat(frames, how="vertical") if frames else empty_frame()

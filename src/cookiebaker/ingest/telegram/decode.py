@@ -115,7 +115,8 @@ def decode_export(path: str, data: bytes) -> tuple[list[Chat], bytes]:
     """Decode one export file's bytes into its chats (one for a single-chat export).
 
     The chats' ``messages`` stay raw JSON (validated, not yet decoded): the readers decode them a slice at a
-    time (:func:`message_spans`, :func:`decode_slice`) or in bulk, so a million-message export never exists as a million Python objects at once.
+    time (:func:`message_spans`, :func:`decode_slice`) or in bulk, so a million-message export never exists as
+    a million Python objects at once.
     Also returns the buffer those raw arrays point into: ``data`` itself unless it had to be repaired.
     """
     data = _sniff(path, data)
@@ -128,19 +129,27 @@ def decode_export(path: str, data: bytes) -> tuple[list[Chat], bytes]:
                 data = _fix_hex_escapes(data)
                 root = _DECODER.decode(data)
             except (msgspec.DecodeError, UnicodeDecodeError) as retry_exc:
-                raise _describe_decode_error(path, retry_exc) from None
+                raise _describe_decode_error(path, retry_exc, data) from None
         else:
-            raise _describe_decode_error(path, exc) from None
+            raise _describe_decode_error(path, exc, data) from None
     except UnicodeDecodeError as exc:
-        raise _describe_decode_error(path, exc) from None
+        raise _describe_decode_error(path, exc, data) from None
     return _chats_of(path, root), data
 
 
-def _describe_decode_error(path: str, exc: Exception) -> InputFileError:
+def _first_invalid_byte(data: bytes | None, fallback: int) -> int:
+    """Where the file stops being UTF-8 (msgspec reports the offset within the string it was decoding)."""
+    try:
+        bytes(data or b"").decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.start
+    return fallback
+
+
+def _describe_decode_error(path: str, exc: Exception, data: bytes | None = None) -> InputFileError:
     if isinstance(exc, UnicodeDecodeError):
-        return ExportFormatError(
-            path, f"the file is not valid UTF-8 (byte {exc.start}); Telegram Desktop writes UTF-8 JSON"
-        )
+        return ExportFormatError(path, f"the file is not valid UTF-8 (byte {_first_invalid_byte(data, exc.start)}); "
+                                       "Telegram Desktop writes UTF-8 JSON")
     message = str(exc)
     if isinstance(exc, msgspec.ValidationError):
         if message.startswith("Expected `object`") and "at `" not in message:
@@ -214,11 +223,15 @@ def decode_slice(piece: bytes | memoryview) -> list[Message]:
         raise SliceMismatch from None
 
 
-def decode_messages(path: str, messages: Raw) -> list[Message]:
-    """Decode a whole raw ``messages`` array, with an error message that points at the bad message."""
+def decode_messages(path: str, messages: Raw, offset: int = 0) -> list[Message]:
+    """Decode a whole raw ``messages`` array (which starts at byte ``offset`` of the file), with an error
+    message that points at the bad message or byte."""
     try:
         return _MESSAGES_DECODER.decode(messages)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         if isinstance(exc, msgspec.ValidationError):
             exc = msgspec.ValidationError(str(exc).replace("at `$", "at `$.messages", 1))
+        if isinstance(exc, UnicodeDecodeError):
+            where = offset + _first_invalid_byte(bytes(messages), exc.start)
+            exc = UnicodeDecodeError("utf-8", b"", where, where + 1, "invalid start byte")
         raise _describe_decode_error(path, exc) from None

@@ -13,9 +13,13 @@ from cookiebaker.serve.responders import HTTPProblem
 async def body_of(request: Request) -> dict:
     """The request's JSON object (a 4xx problem otherwise)."""
     limit = request.app.state.service.max_body_bytes
-    raw = await request.body()
-    if len(raw) > limit:
-        raise HTTPProblem(413, f"request body over {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():  # a chunked body has no length: the limit holds while reading
+        size += len(chunk)
+        if size > limit:
+            raise HTTPProblem(413, f"request body over {limit} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
