@@ -126,3 +126,29 @@ def tiny_gguf(tiny_merged: Path, tmp_path_factory) -> Path:
     export.run(export.ExportConfig(model=str(tiny_merged), output_dir=str(target), name="cb-tiny", quantize="f16",
                                    check=False))
     return target
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def serve_in_thread(app) -> tuple[int, object]:  # noqa: ANN001
+    """Run an ASGI app under uvicorn on a free loopback port in a daemon thread; returns (port, server)
+    (set ``server.should_exit = True`` to stop it)."""
+    import threading
+    import time
+
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    threading.Thread(target=server.run, daemon=True).start()
+    for _ in range(200):
+        if server.started:
+            break
+        time.sleep(0.05)
+    return port, server

@@ -8,27 +8,19 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 import uvicorn
-from conftest import REPO
+from conftest import REPO, free_port, serve_in_thread
 
 from cookiebaker.serve import ServeConfig, build_app
 
 N8N = REPO / ".n8n" / "n8n"
 KEY = "n8n-test-key"
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Recorder:
@@ -74,13 +66,7 @@ def _start_cookiebaker(model: Path, tmp_path: Path, monkeypatch) -> tuple[Record
     config = ServeConfig(sfw_model=str(model), nsfw_model=str(model), history_db=str(tmp_path / "history.sqlite3"),
                          max_tokens=12)
     recorder = Recorder(build_app(config))
-    port = _port()
-    server = uvicorn.Server(uvicorn.Config(recorder, host="127.0.0.1", port=port, log_level="error"))
-    threading.Thread(target=server.run, daemon=True).start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
+    port, server = serve_in_thread(recorder)
     return recorder, port, server
 
 
@@ -106,7 +92,7 @@ def _chat_calls(recorder: Recorder) -> list[dict]:
 def test_workflow_answers_both_routes_with_chat_memory(n8n_command: Path, tiny_gguf: Path, tmp_path: Path,
                                                        monkeypatch) -> None:
     recorder, serve_port, server = _start_cookiebaker(tiny_gguf, tmp_path, monkeypatch)
-    n8n_port, broker_port = _port(), _port()
+    n8n_port, broker_port = free_port(), free_port()
     env = {**os.environ, "N8N_USER_FOLDER": str(tmp_path / "n8n"), "N8N_PORT": str(n8n_port),
            "N8N_LISTEN_ADDRESS": "127.0.0.1", "N8N_DIAGNOSTICS_ENABLED": "false",
            "N8N_RUNNERS_BROKER_PORT": str(broker_port), "N8N_PERSONALIZATION_ENABLED": "false",

@@ -306,21 +306,11 @@ def test_metrics_are_labelled_by_route_template_not_raw_path(tmp_path: Path, mon
 def test_a_chunked_body_is_refused_while_it_is_read(tmp_path: Path) -> None:
     """No content-length: the 1 MB limit still applies as the chunks arrive, not after the whole body."""
     import socket
-    import threading
-    import time
 
-    import uvicorn
+    from conftest import serve_in_thread
 
     app, _, _ = make_app(tmp_path, max_body_bytes=1_000_000)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    threading.Thread(target=server.run, daemon=True).start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
+    port, server = serve_in_thread(app)
     sent, chunk = 0, b"x" * 65536
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
