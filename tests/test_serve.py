@@ -335,3 +335,72 @@ def test_a_chunked_body_is_refused_while_it_is_read(tmp_path: Path) -> None:
         server.should_exit = True
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     assert sent < 5_000_000, sent  # answered after about a megabyte, not after the 50 MB the client had
+
+
+HOSTILE = {
+    "deep nesting": ("/webhook/response", '{"prompt": ' + "[" * 100_000 + "]" * 100_000 + ', "chat_id": 1}'),
+    "huge chat_id": ("/webhook/response", '{"prompt": "hi", "chat_id": ' + "9" * 5000 + "}"),
+    "huge max_tokens": ("/v1/chat/completions", '{"model": "cookiebaker-sfw", "max_tokens": ' + "9" * 5000 +
+                        ', "messages": [{"role": "user", "content": "hi"}]}'),
+    "lone surrogate in prompt": ("/webhook/response", '{"prompt": "a\\ud800b", "chat_id": 1}'),
+    "lone surrogate in client_name": ("/webhook/response", '{"prompt": "hi", "chat_id": 1, "client_name": "\\udfff"}'),
+    "lone surrogate in content": ("/api/chat", '{"model": "cookiebaker-sfw", "stream": false, '
+                                  '"messages": [{"role": "user", "content": "\\ud800"}]}'),
+    "model as a number": ("/v1/chat/completions", '{"model": 5, "messages": [{"role": "user", "content": "hi"}]}'),
+    "model as a list": ("/api/chat", '{"model": ["x"], "messages": [{"role": "user", "content": "hi"}]}'),
+    "model as an object": ("/api/chat", '{"model": {}, "messages": [{"role": "user", "content": "hi"}]}'),
+    "max_tokens as text": ("/v1/chat/completions", '{"model": "cookiebaker-sfw", "max_tokens": "10", '
+                           '"messages": [{"role": "user", "content": "hi"}]}'),
+    "max_tokens as a list": ("/v1/chat/completions", '{"model": "cookiebaker-sfw", "max_tokens": [1], '
+                             '"messages": [{"role": "user", "content": "hi"}]}'),
+    "temperature NaN": ("/v1/chat/completions", '{"model": "cookiebaker-sfw", "temperature": "NaN", '
+                        '"messages": [{"role": "user", "content": "hi"}]}'),
+    "temperature text": ("/v1/chat/completions", '{"model": "cookiebaker-sfw", "temperature": "abc", '
+                         '"messages": [{"role": "user", "content": "hi"}]}'),
+    "top_p text": ("/v1/chat/completions", '{"model": "cookiebaker-sfw", "top_p": "x", '
+                   '"messages": [{"role": "user", "content": "hi"}]}'),
+    "stop as a number": ("/v1/chat/completions", '{"model": "cookiebaker-sfw", "stop": 5, '
+                         '"messages": [{"role": "user", "content": "hi"}]}'),
+    "stop as numbers": ("/v1/chat/completions", '{"model": "cookiebaker-sfw", "stop": [1, 2], '
+                        '"messages": [{"role": "user", "content": "hi"}]}'),
+    "stop as an object": ("/v1/chat/completions", '{"model": "cookiebaker-sfw", "stop": {}, '
+                          '"messages": [{"role": "user", "content": "hi"}]}'),
+    "options as a list": ("/api/chat", '{"model": "cookiebaker-sfw", "options": [], '
+                          '"messages": [{"role": "user", "content": "hi"}]}'),
+    "options as text": ("/api/chat", '{"model": "cookiebaker-sfw", "options": "x", '
+                        '"messages": [{"role": "user", "content": "hi"}]}'),
+    "options as a number": ("/api/chat", '{"model": "cookiebaker-sfw", "options": 3, '
+                            '"messages": [{"role": "user", "content": "hi"}]}'),
+    "num_predict as text": ("/api/chat", '{"model": "cookiebaker-sfw", "options": {"num_predict": "5"}, '
+                            '"messages": [{"role": "user", "content": "hi"}]}'),
+    "stream as text": ("/v1/chat/completions", '{"model": "cookiebaker-sfw", "stream": "no", '
+                       '"messages": [{"role": "user", "content": "hi"}]}'),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_hostile_bodies_get_a_4xx_with_a_json_error_and_are_counted(tmp_path: Path, case: str) -> None:
+    app, sfw, _ = make_app(tmp_path)
+    client = TestClient(app, raise_server_exceptions=False)
+    path, body = HOSTILE[case]
+    response = client.post(path, content=body.encode(), headers={"Content-Type": "application/json"})
+    assert 400 <= response.status_code < 500, (case, response.status_code, response.text[:200])
+    assert "error" in response.json()
+    assert not sfw.seen  # nothing reached the model
+    metrics = client.get("/metrics").text
+    assert f'status="{response.status_code}"' in metrics
+
+
+def test_max_tokens_is_capped_by_the_service(tmp_path: Path) -> None:
+    app, sfw, _ = make_app(tmp_path, max_tokens_limit=100)
+    seen = []
+
+    async def recording(messages, sampling):  # noqa: ANN001, ANN202
+        seen.append(sampling.max_tokens)
+        yield "ok"
+
+    sfw.stream = recording
+    client = TestClient(app)
+    body = {"model": "cookiebaker-sfw", "max_tokens": 4000, "messages": [{"role": "user", "content": "hi"}]}
+    assert client.post("/v1/chat/completions", json=body).status_code == 200
+    assert seen == [100]

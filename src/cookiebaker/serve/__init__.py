@@ -43,6 +43,8 @@ class ServeConfig(StageConfig):
     """Requests per model waiting or generating at once; more get 503."""
     max_tokens: int = Field(256, ge=1)
     """Longest reply in tokens, unless a request asks for another."""
+    max_tokens_limit: int = Field(4096, ge=1)
+    """The most tokens a request may ask for (``max_tokens``, ``num_predict``); more is capped to this."""
     temperature: float | None = Field(None, ge=0)
     """Override the Modelfile's temperature for every request."""
     top_p: float | None = Field(None, gt=0, le=1)
@@ -89,7 +91,8 @@ def build_app(config: ServeConfig, backends: dict | None = None):  # noqa: ANN20
     store = HistoryStore(database, config.max_stored_turns)
     return create_app(backends=backends, samplings=samplings, store=store, history_turns=config.history_turns,
                       api_key=os.environ.get("COOKIEBAKER_API_KEY") or None, max_body_bytes=config.max_body_bytes,
-                      queue_size=config.queue_size, timeout=config.timeout_seconds)
+                      queue_size=config.queue_size, timeout=config.timeout_seconds,
+                      max_tokens_limit=config.max_tokens_limit)
 
 
 def run(config: ServeConfig) -> None:

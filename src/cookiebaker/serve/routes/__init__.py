@@ -22,11 +22,32 @@ async def body_of(request: Request) -> dict:
     raw = b"".join(chunks)
     try:
         data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise HTTPProblem(400, "the body is not valid JSON") from None
+    except RecursionError:
+        raise HTTPProblem(400, "the body nests too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, and integers of over 4,300 digits
+        detail = "" if isinstance(exc, (json.JSONDecodeError, UnicodeDecodeError)) else f" ({exc})"
+        raise HTTPProblem(400, f"the body is not valid JSON{detail}") from None
     if not isinstance(data, dict):
         raise HTTPProblem(400, "the body must be a JSON object")
+    _check_text(data)
     return data
+
+
+def _check_text(data: object) -> None:
+    """Every string must be text that can be encoded: JSON allows a lone surrogate (\\ud800), UTF-8 does not."""
+    pending = [data]
+    while pending:  # iterative: a deep body must not exhaust the stack here either
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise HTTPProblem(400, "the body holds a lone surrogate (\\ud800-\\udfff), which is not text") from None
 
 
 def chat_messages(value: object) -> list[dict]:

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from cookiebaker.serve.responders import HTTPProblem
+from cookiebaker.serve.responders import HTTPProblem, stream_flag
 from cookiebaker.serve.routes import body_of, chat_messages, now
 
 router = APIRouter()
@@ -41,10 +41,12 @@ async def chat(request: Request) -> Response:
     data = await body_of(request)
     model = responders.resolve(data.get("model"))
     messages = chat_messages(data.get("messages"))
-    options = data.get("options") or {}
+    options = {} if data.get("options") is None else data["options"]
+    if not isinstance(options, dict):
+        raise HTTPProblem(422, "'options' must be an object")
     sampling = responders.sampling(model, options.get("temperature"), options.get("top_p"),
                                    options.get("num_predict"), options.get("stop"))
-    if data.get("stream", True) is False:
+    if not stream_flag(data.get("stream"), default=True):
         reply = await responders.complete(model, messages, sampling)
         return JSONResponse({"model": model, "created_at": now(), "message": {"role": "assistant", "content": reply},
                              "done": True, "done_reason": "stop"})

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from cookiebaker.serve.responders import HTTPProblem
+from cookiebaker.serve.responders import HTTPProblem, stream_flag
 from cookiebaker.serve.routes import body_of, chat_messages
 
 router = APIRouter()
@@ -31,7 +31,7 @@ async def chat(request: Request) -> Response:
     sampling = responders.sampling(model, data.get("temperature"), data.get("top_p"),
                                    data.get("max_completion_tokens") or data.get("max_tokens"), data.get("stop"))
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-    if not data.get("stream"):
+    if not stream_flag(data.get("stream"), default=False):
         reply = await responders.complete(model, messages, sampling)
         return JSONResponse({"id": completion_id, "object": "chat.completion", "created": created, "model": model,
                              "choices": [{"index": 0, "message": {"role": "assistant", "content": reply},
