@@ -404,3 +404,85 @@ def test_max_tokens_is_capped_by_the_service(tmp_path: Path) -> None:
     body = {"model": "cookiebaker-sfw", "max_tokens": 4000, "messages": [{"role": "user", "content": "hi"}]}
     assert client.post("/v1/chat/completions", json=body).status_code == 200
     assert seen == [100]
+
+
+class Endless(Backend):
+    """Generates in a worker thread, one piece every 10 ms, until told to stop (as the llama.cpp backend does)."""
+
+    description = "endless"
+
+    def __init__(self) -> None:
+        import threading
+
+        self.produced, self.running, self.lock = 0, 0, threading.Lock()
+        self.default = Sampling()
+
+    async def stream(self, messages, sampling):  # noqa: ANN001, ANN201
+        import time
+
+        from cookiebaker.backends import _iterate_in_thread
+
+        def generate(stop):  # noqa: ANN001, ANN202
+            with self.lock:
+                self.running += 1
+                try:
+                    for _ in range(sampling.max_tokens):
+                        time.sleep(0.01)
+                        self.produced += 1
+                        yield "x"
+                        if stop.is_set():
+                            return
+                finally:
+                    self.running -= 1
+
+        async for piece in _iterate_in_thread(generate):
+            yield piece
+
+
+def _settled(backend: Endless, seconds: float = 5.0) -> bool:
+    """Within ``seconds``, no generation running and none produced for 0.3 s (the thread may start late)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        before = backend.produced
+        time.sleep(0.3)
+        if backend.running == 0 and backend.produced == before:
+            return True
+    return False
+
+
+def test_a_dropped_stream_stops_its_generation_and_frees_the_model(tmp_path: Path) -> None:
+    import socket
+
+    from conftest import serve_in_thread
+
+    backend = Endless()
+    app, _, _ = make_app(tmp_path, sfw=backend, max_tokens_limit=100_000)
+    port, server = serve_in_thread(app)
+    body = json.dumps({"model": "cookiebaker-sfw", "stream": True, "max_tokens": 100_000,
+                       "messages": [{"role": "user", "content": "".join(map(chr, range(1, 32)))}]}).encode()
+    try:
+        for _ in range(4):  # clients that read the first chunk and hang up
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+                connection.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                                   b"\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+                received = b""
+                while b"data: " not in received:
+                    received += connection.recv(4096)
+            assert _settled(backend), ("the generation went on after the client left", backend.running, backend.produced)
+            assert backend.produced < 2_000
+        reply = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=10, json={
+            "model": "cookiebaker-sfw", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]})
+        assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"] == "x" * 8
+    finally:
+        server.should_exit = True
+
+
+def test_a_timed_out_request_stops_its_generation(tmp_path: Path) -> None:
+    backend = Endless()
+    app, _, _ = make_app(tmp_path, sfw=backend, timeout_seconds=0.3, max_tokens=100_000, max_tokens_limit=100_000)
+    client = TestClient(app)
+    assert client.post("/webhook/response", json={"prompt": "hi", "chat_id": 1}).status_code == 504
+    assert _settled(backend)
+    assert client.get("/metrics").text.count('cookiebaker_queue_depth{model="cookiebaker-sfw"} 0.0') == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -56,7 +57,8 @@ class Backend:
     description = "backend"
 
     async def complete(self, messages: list[dict], sampling: Sampling) -> str:
-        return "".join([piece async for piece in self.stream(messages, sampling)])
+        async with contextlib.aclosing(self.stream(messages, sampling)) as pieces:  # cancelled: the generation stops
+            return "".join([piece async for piece in pieces])
 
     def reply(self, messages: list[dict], sampling: Sampling) -> Reply:
         """One whole reply, blocking, with why generation ended (``stop`` or ``length``)."""
@@ -81,28 +83,49 @@ def _with_system(messages: list[dict], sampling: Sampling) -> list[dict]:
     return messages
 
 
+def _hand_over(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, item: object) -> None:
+    try:
+        loop.call_soon_threadsafe(queue.put_nowait, item)
+    except RuntimeError:  # the event loop is gone (the service stopped): nobody is waiting
+        pass
+
+
 async def _iterate_in_thread(make_iterator) -> AsyncIterator[str]:  # noqa: ANN001
-    """Run a blocking generator in a worker thread, handing its items to the event loop."""
+    """Run a blocking generator in a worker thread, handing its items to the event loop.
+
+    ``make_iterator(stop)`` gets a ``threading.Event`` that is set as soon as the consumer goes away (a client
+    that disconnected, a request that timed out): the thread then stops after the piece it is producing and
+    closes the generator, which ends the model's generation and frees the model for the next request."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
-    done = object()
+    done, stop = object(), threading.Event()
 
     def produce() -> None:
+        iterator = make_iterator(stop)
         try:
-            for item in make_iterator():
-                loop.call_soon_threadsafe(queue.put_nowait, item)
+            for item in iterator:
+                if stop.is_set():
+                    break
+                _hand_over(loop, queue, item)
         except BaseException as exc:  # noqa: BLE001 (handed over to the consumer)
-            loop.call_soon_threadsafe(queue.put_nowait, exc)
-        loop.call_soon_threadsafe(queue.put_nowait, done)
+            _hand_over(loop, queue, exc)
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+        _hand_over(loop, queue, done)
 
     threading.Thread(target=produce, daemon=True).start()
-    while True:
-        item = await queue.get()
-        if item is done:
-            return
-        if isinstance(item, BaseException):
-            raise item
-        yield item
+    try:
+        while True:
+            item = await queue.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
 
 
 class LlamaCppBackend(Backend):
@@ -136,13 +159,18 @@ class LlamaCppBackend(Backend):
         return [self._scorer.score(_with_system(messages, self.default)) for messages in conversations]
 
     async def stream(self, messages: list[dict], sampling: Sampling) -> AsyncIterator[str]:
-        def generate() -> Iterator[str]:
+        def generate(stop: threading.Event) -> Iterator[str]:
             with self.lock:
                 chunks = self.llm.create_chat_completion(**self._request(messages, sampling, True))
-                for chunk in chunks:
-                    piece = chunk["choices"][0]["delta"].get("content")
-                    if piece:
-                        yield piece
+                try:
+                    for chunk in chunks:
+                        piece = chunk["choices"][0]["delta"].get("content")
+                        if piece:
+                            yield piece
+                        if stop.is_set():
+                            return
+                finally:
+                    chunks.close()  # ends llama.cpp's generation loop
 
         async for piece in _iterate_in_thread(generate):
             yield piece
@@ -214,17 +242,24 @@ class TransformersBackend(Backend):
     async def stream(self, messages: list[dict], sampling: Sampling) -> AsyncIterator[str]:
         from transformers import TextIteratorStreamer
 
-        def generate() -> Iterator[str]:
+        def generate(stop: threading.Event) -> Iterator[str]:
+            from transformers import StoppingCriteria
+
+            class Stop(StoppingCriteria):
+                def __call__(self, input_ids, scores, **kwargs) -> bool:  # noqa: ANN001
+                    return stop.is_set()
+
             with self.lock:
                 streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-                kwargs = {**self._generate_arguments(messages, sampling), "streamer": streamer}
+                kwargs = {**self._generate_arguments(messages, sampling), "streamer": streamer,
+                          "stopping_criteria": [Stop()]}
                 worker = threading.Thread(target=self.model.generate, kwargs=kwargs, daemon=True)
                 worker.start()
-                text = ""
-                for piece in streamer:
-                    text += piece
-                    yield piece
-                worker.join()
+                try:
+                    yield from streamer
+                finally:
+                    stop.set()
+                    worker.join()
 
         async for piece in _iterate_in_thread(generate):
             yield piece

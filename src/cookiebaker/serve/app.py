@@ -43,33 +43,46 @@ def create_app(*, backends: dict[str, Backend], samplings: dict[str, Sampling], 
         history_turns=history_turns, max_body_bytes=max_body_bytes, api_key=api_key)
     app = FastAPI(title="cookiebaker responders", docs_url=None, redoc_url=None)
     app.state.service = service
-    app.middleware("http")(_guard)
+    app.add_middleware(Guard)
     add_error_handlers(app)
     for router in (webhook.router, ollama.router, openai.router, ops.router):
         app.include_router(router)
     return app
 
 
-def _route_label(request: Request) -> str:
+def _route_label(scope: dict) -> str:
     """The route's template for metrics labels, never the raw path (which a caller controls)."""
-    route = request.scope.get("route")
-    return getattr(route, "path", None) or "unmatched"
+    return getattr(scope.get("route"), "path", None) or "unmatched"
 
 
-async def _guard(request: Request, call_next) -> Response:  # noqa: ANN001
-    """The API key and the body size before any work; every answer counted in /metrics."""
-    service: Service = request.app.state.service
-    started = time.perf_counter()
-    response = _refused(request, service)
-    if response is None:
+class Guard:
+    """The API key and the body size before any work, every answer counted in /metrics. A plain ASGI middleware
+    (not BaseHTTPMiddleware), so that a client that disconnects cancels its streaming response."""
+
+    def __init__(self, app) -> None:  # noqa: ANN001
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        service: Service = scope["app"].state.service
+        started, status = time.perf_counter(), [500]
+
+        async def counting_send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        refused = _refused(Request(scope), service)
         try:
-            response = await call_next(request)
-        except HTTPProblem as exc:
-            response = JSONResponse({"error": exc.message}, status_code=exc.status)
-    service.requests_total.labels(_route_label(request), str(response.status_code)).inc()
-    log.info("%s %s → %d in %.0f ms", request.method, _route_label(request), response.status_code,
-             (time.perf_counter() - started) * 1000)
-    return response
+            if refused is not None:
+                await refused(scope, receive, counting_send)
+            else:
+                await self.app(scope, receive, counting_send)
+        finally:
+            service.requests_total.labels(_route_label(scope), str(status[0])).inc()
+            log.info("%s %s → %d in %.0f ms", scope["method"], _route_label(scope), status[0],
+                     (time.perf_counter() - started) * 1000)
 
 
 def _refused(request: Request, service: Service) -> Response | None:

@@ -118,16 +118,19 @@ class Responders:
         async with self.slot(model):
             deadline = time.monotonic() + self.timeout
             pieces = self.backends[model].stream(messages, sampling).__aiter__()
-            while True:
-                try:
-                    piece = await asyncio.wait_for(pieces.__anext__(), max(0.0, deadline - time.monotonic()))
-                except StopAsyncIteration:
-                    return
-                except asyncio.TimeoutError:
-                    raise HTTPProblem(504, f"{model} did not answer within {self.timeout:g} s") from None
-                except BackendUnavailable as exc:
-                    raise HTTPProblem(503, str(exc)) from None
-                yield piece
+            try:
+                while True:
+                    try:
+                        piece = await asyncio.wait_for(pieces.__anext__(), max(0.0, deadline - time.monotonic()))
+                    except StopAsyncIteration:
+                        return
+                    except asyncio.TimeoutError:
+                        raise HTTPProblem(504, f"{model} did not answer within {self.timeout:g} s") from None
+                    except BackendUnavailable as exc:
+                        raise HTTPProblem(503, str(exc)) from None
+                    yield piece
+            finally:  # a timed-out request or a client gone: the generation stops, not only the answer
+                await pieces.aclose()
 
     async def first_check(self, model: str) -> None:
         """Before a stream starts (and its 200 is sent): is the backend there, is there room in the queue?"""
