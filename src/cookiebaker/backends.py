@@ -211,8 +211,9 @@ class TransformersBackend(Backend):
                 output = self.model.generate(**kwargs)
         new = output[0, kwargs["input_ids"].shape[1]:].tolist()
         raw = self.tokenizer.decode(new, skip_special_tokens=False)
-        stopped = bool(new) and (new[-1] in self._end_ids() or any(stop in raw for stop in sampling.stop))
-        text = self.tokenizer.decode(new[:-1] if stopped and new[-1] in self._end_ids() else new,
+        ended = bool(new) and new[-1] in self._end_ids()
+        stopped = ended or any(stop in raw for stop in sampling.stop)
+        text = self.tokenizer.decode(new[:-1] if ended else new,
                                      skip_special_tokens=True)
         for stop in sampling.stop:
             text = text.split(stop)[0]

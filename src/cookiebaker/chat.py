@@ -15,6 +15,8 @@ from typing import Any
 from cookiebaker.errors import DatasetError, ModelError
 
 IGNORE = -100
+#: Written by ``train`` beside the adapter, read by ``eval``: the identities of the held-out samples.
+HELDOUT_FILE = "heldout.json"
 Message = dict[str, str]
 
 

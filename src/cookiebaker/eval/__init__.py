@@ -20,7 +20,7 @@ import polars as pl
 import yaml
 from pydantic import Field
 
-from cookiebaker.chat import Message, sample_digest, sample_keys, samples_to_messages
+from cookiebaker.chat import HELDOUT_FILE, Message, sample_digest, sample_keys, samples_to_messages
 from cookiebaker.config import StageConfig, config_path_for, save_resolved_config
 from cookiebaker.errors import DatasetError, ModelError
 from cookiebaker.io import atomic_path, write_json
@@ -31,7 +31,6 @@ __all__ = ["EvalConfig", "run", "find_split"]
 
 log = logging.getLogger(__name__)
 
-HELDOUT_FILE = "heldout.json"  # written by ``train`` beside the adapter
 
 
 class EvalReport(TypedDict, total=False):
@@ -148,7 +147,7 @@ def load_heldout(config: EvalConfig) -> HeldOut:
 def _open(reference: str):  # noqa: ANN202
     """The backend ``serve`` would use for a reference; an embedded base is served from the GGUF it ships as,
     a hub id or a model folder by transformers."""
-    from cookiebaker.backends import TransformersBackend, open_backend
+    from cookiebaker.backends import Sampling, TransformersBackend, open_backend
     from cookiebaker.models import EMBEDDED_PREFIX, embedded_gguf, load_failure, resolve_base_model
 
     if reference.startswith(EMBEDDED_PREFIX):
@@ -158,8 +157,6 @@ def _open(reference: str):  # noqa: ANN202
         path.is_dir() and (any(path.glob("*.gguf")) or (path / "config.json").is_file()))
     if servable:
         return open_backend(reference)
-    from cookiebaker.backends import Sampling
-
     folder = resolve_base_model(reference)
     try:
         return TransformersBackend(Path(folder), Sampling())

@@ -17,6 +17,7 @@ from typing import Any, Literal, TypedDict
 import polars as pl
 from pydantic import Field, model_validator
 
+from cookiebaker.chat import HELDOUT_FILE
 from cookiebaker.config import StageConfig, save_resolved_config
 from cookiebaker.errors import DatasetError, ModelError
 from cookiebaker.io import write_json
@@ -130,9 +131,6 @@ def split_indices(n: int, eval_fraction: float, cap: int, seed: int,
             held += members[group]
     chosen = set(held)
     return [i for i in range(n) if i not in chosen], sorted(held)
-
-
-HELDOUT_FILE = "heldout.json"
 
 
 def _file_digest(path: str | Path) -> str:
