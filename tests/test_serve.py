@@ -121,7 +121,7 @@ def test_ollama_api(tmp_path: Path) -> None:
         lines = [json.loads(line) for line in response.iter_lines() if line]
     assert "".join(line["message"]["content"] for line in lines) == "[1] yo" and lines[-1]["done"] is True
     assert client.post("/api/chat", json={**body, "model": "llama3"}).status_code == 404
-    assert client.post("/api/chat", json={**body, "messages": []}).status_code == 400
+    assert client.post("/api/chat", json={**body, "messages": []}).status_code == 422
 
 
 def test_openai_api(tmp_path: Path) -> None:
@@ -279,7 +279,7 @@ def test_the_same_model_for_both_routes_is_loaded_once(tmp_path: Path, monkeypat
     import cookiebaker.backends
 
     opened = []
-    monkeypatch.setattr(cookiebaker.backends, "open_backend", lambda reference: opened.append(reference) or Echo())
+    monkeypatch.setattr(cookiebaker.backends, "open_backend", lambda reference, n_ctx=4096: opened.append(reference) or Echo())
     config = ServeConfig(sfw_model="one.gguf", nsfw_model="one.gguf", history_db=str(tmp_path / "h.sqlite3"))
     build_app(config)
     assert opened == ["one.gguf"]
@@ -375,6 +375,18 @@ HOSTILE = {
                             '"messages": [{"role": "user", "content": "hi"}]}'),
     "stream as text": ("/v1/chat/completions", '{"model": "cookiebaker-sfw", "stream": "no", '
                        '"messages": [{"role": "user", "content": "hi"}]}'),
+    "stream as text, Ollama": ("/api/chat", '{"model": "cookiebaker-sfw", "stream": "no", '
+                               '"messages": [{"role": "user", "content": "hi"}]}'),
+    "chat_id longer than a history key": ("/webhook/response", '{"prompt": "hi", "chat_id": "' + "c" * 201 + '"}'),
+    "chat_id of 300 digits": ("/webhook/response", '{"prompt": "hi", "chat_id": ' + "9" * 300 + "}"),
+    "chat_id true": ("/webhook/response", '{"prompt": "hi", "chat_id": true}'),
+    "role tool": ("/api/chat", '{"model": "cookiebaker-sfw", "messages": [{"role": "tool", "content": "hi"}]}'),
+    "image part": ("/v1/chat/completions", '{"model": "cookiebaker-sfw", "messages": [{"role": "user", '
+                   '"content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}'),
+    "NaN literal": ("/v1/chat/completions", '{"model": "cookiebaker-sfw", "temperature": NaN, '
+                    '"messages": [{"role": "user", "content": "hi"}]}'),
+    "num_predict 0": ("/api/chat", '{"model": "cookiebaker-sfw", "options": {"num_predict": 0}, '
+                      '"messages": [{"role": "user", "content": "hi"}]}'),
 }
 
 
@@ -389,6 +401,36 @@ def test_hostile_bodies_get_a_4xx_with_a_json_error_and_are_counted(tmp_path: Pa
     assert not sfw.seen  # nothing reached the model
     metrics = client.get("/metrics").text
     assert f'status="{response.status_code}"' in metrics
+
+
+def test_a_bad_body_is_one_line_naming_every_bad_field(tmp_path: Path) -> None:
+    app, _, _ = make_app(tmp_path)
+    body = {"model": 5, "temperature": "hot", "stop": [1], "messages": [{"role": "user", "content": "hi"},
+                                                                          {"role": "robot", "content": 3}]}
+    response = TestClient(app).post("/v1/chat/completions", json=body)
+    assert response.status_code == 422
+    assert response.json()["error"] == (
+        "'model' must be a string (cookiebaker-sfw or cookiebaker-nsfw); 'messages[1].role' must be system, user or "
+        "assistant; 'messages[1].content' must be a string (or a list of text parts); 'temperature' must be a number "
+        "in [0, 100]; 'stop' must be a string or a list of strings")
+
+
+def test_text_parts_and_ollamas_unlimited_num_predict(tmp_path: Path) -> None:
+    app, sfw, _ = make_app(tmp_path, max_tokens_limit=77)
+    seen = []
+
+    async def recording(messages, sampling):  # noqa: ANN001, ANN202
+        seen.append((messages, sampling.max_tokens))
+        yield "ok"
+
+    sfw.stream = recording
+    client = TestClient(app)
+    parts = [{"type": "text", "text": "hello "}, {"type": "text", "text": "there"}]
+    assert client.post("/v1/chat/completions", json={"model": "cookiebaker-sfw", "messages": [
+        {"role": "user", "content": parts}]}).status_code == 200
+    assert client.post("/api/chat", json={"model": "cookiebaker-sfw", "stream": False, "options": {"num_predict": -1},
+                                          "messages": [{"role": "user", "content": "hi"}]}).status_code == 200
+    assert seen[0][0] == [{"role": "user", "content": "hello there"}] and seen[1][1] == 77
 
 
 def test_max_tokens_is_capped_by_the_service(tmp_path: Path) -> None:
@@ -417,10 +459,10 @@ class Endless(Backend):
         self.produced, self.running, self.lock = 0, 0, threading.Lock()
         self.default = Sampling()
 
-    async def stream(self, messages, sampling):  # noqa: ANN001, ANN201
+    def stream(self, messages, sampling):  # noqa: ANN001, ANN201
         import time
 
-        from cookiebaker.backends import _iterate_in_thread
+        from cookiebaker.backends import iterate_in_thread
 
         def generate(stop):  # noqa: ANN001, ANN202
             with self.lock:
@@ -435,8 +477,7 @@ class Endless(Backend):
                 finally:
                     self.running -= 1
 
-        async for piece in _iterate_in_thread(generate):
-            yield piece
+        return iterate_in_thread(generate)  # closing it ends the generation
 
 
 def _settled(backend: Endless, seconds: float = 5.0) -> bool:
@@ -486,3 +527,133 @@ def test_a_timed_out_request_stops_its_generation(tmp_path: Path) -> None:
     assert client.post("/webhook/response", json={"prompt": "hi", "chat_id": 1}).status_code == 504
     assert _settled(backend)
     assert client.get("/metrics").text.count('cookiebaker_queue_depth{model="cookiebaker-sfw"} 0.0') == 1
+
+
+# ---- Fitting the context (issue 13, item 2): the newest turns are kept, a poisoned chat heals by itself ----
+
+def _words(messages: list[dict]) -> int:
+    """A stand-in tokenizer: one token per word, four per message of markup."""
+    return sum(len(m["content"].split()) + 4 for m in messages)
+
+
+def _conversation(sizes: list[int]) -> list[dict]:
+    return [{"role": "user" if i % 2 == 0 else "assistant", "content": " ".join([f"w{i}"] * size)}
+            for i, size in enumerate(sizes)]
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_fit_keeps_the_longest_newest_run_that_fits(seed: int) -> None:
+    """Oracle: the kept turns are the longest suffix that fits (less a leading assistant turn), found by trying
+    every suffix."""
+    import random
+
+    from cookiebaker.backends import fit_to_context
+
+    rng = random.Random(seed)
+    messages = _conversation([rng.randint(0, 40) for _ in range(rng.randint(1, 25))])
+    budget = rng.randint(10, 300)
+    fitted = fit_to_context(messages, _words, budget)
+    assert _words(fitted.messages) <= budget
+    suffixes = [k for k in range(len(messages), 0, -1) if _words(messages[-k:]) <= budget]
+    if suffixes:
+        expected = messages[-suffixes[0]:]
+        if len(expected) > 1 and expected[0]["role"] == "assistant":
+            expected = expected[1:]
+        assert fitted.messages == expected and fitted.cut == 0
+        assert fitted.dropped == len(messages) - len(expected)
+    else:  # the newest alone is too long: its end is kept, as much of it as fits
+        newest = messages[-1]["content"]
+        assert len(fitted.messages) == 1 and fitted.cut == 1 and newest.endswith(fitted.messages[0]["content"])
+        longer = newest[-(len(fitted.messages[0]["content"]) + 1):]
+        assert _words([{"role": "user", "content": longer}]) > budget or longer == newest
+
+
+def test_fit_keeps_the_clients_system_message_while_it_fits() -> None:
+    from cookiebaker.backends import ContextOverflow, fit_to_context
+
+    system = {"role": "system", "content": "be brief " * 5}
+    messages = [system, *_conversation([30, 30, 5])]
+    fitted = fit_to_context(messages, _words, 30)
+    assert fitted.messages[0] == system and fitted.messages[1:] == messages[-1:] and fitted.dropped == 2
+    alone = fit_to_context([system, *_conversation([100])], _words, 12)  # no room for the system text: left out
+    assert alone.messages[0]["role"] == "user" and alone.dropped == 1 and alone.cut == 1
+    with pytest.raises(ContextOverflow):
+        fit_to_context(_conversation([1]), _words, 3)
+
+
+def test_llama_prompt_count_equals_what_llama_cpp_reads(tiny_gguf: Path) -> None:
+    """Oracle: the backend's count of a prompt equals the prompt tokens llama.cpp reports for it."""
+    from cookiebaker.backends import open_backend
+
+    backend = open_backend(str(tiny_gguf))
+    sampling = backend.default.merged(max_tokens=1, temperature=0)
+    for messages in ([{"role": "user", "content": "pizza tonight?"}],
+                     [{"role": "system", "content": "be short"}, {"role": "user", "content": "a"},
+                      {"role": "user", "content": "b"}, {"role": "assistant", "content": "c"},
+                      {"role": "user", "content": "apple " * 50}]):
+        usage = backend.llm.create_chat_completion(**backend._request(messages, sampling, False))["usage"]
+        assert backend.prompt_tokens(messages, sampling) == usage["prompt_tokens"]
+
+
+def test_prompts_and_histories_longer_than_the_context_are_cut_and_counted(tiny_gguf: Path, tmp_path: Path) -> None:
+    config = ServeConfig(sfw_model=str(tiny_gguf), history_db=str(tmp_path / "h.sqlite3"), max_tokens=4,
+                         temperature=0, context_tokens=512)
+    client = TestClient(build_app(config))
+    poison = {"prompt": "apple " * 2500 + "?", "chat_id": "poison", "client_name": "pz"}
+    for _ in range(3):  # the poisoned chat keeps answering: its history is cut, newest turns first
+        assert client.post("/webhook/response", json=poison).status_code == 200
+    assert client.post("/webhook/response", json={**poison, "prompt": "and now?"}).status_code == 200
+    many = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"message {i}"} for i in range(10_001)]
+    big = [{"role": "system", "content": "x"}, {"role": "user", "content": "y"}, {"role": "user", "content": "z"},
+           {"role": "user", "content": "word " * 20_000}]  # 100 KB, and two user turns in a row (Gemma's template)
+    for messages in (many, big):
+        for stream in (False, True):
+            body = {"model": "cookiebaker-sfw", "messages": messages, "stream": stream}
+            response = client.post("/v1/chat/completions", json=body)
+            assert response.status_code == 200, response.text[:300]
+            if stream:
+                assert response.text.rstrip().endswith("data: [DONE]")
+    metrics = client.get("/metrics").text
+    turns = [line for line in metrics.splitlines() if line.startswith('cookiebaker_context_cut_total{model="cookiebaker-sfw",part="turns"}')]
+    text = [line for line in metrics.splitlines() if line.startswith('cookiebaker_context_cut_total{model="cookiebaker-sfw",part="text"}')]
+    assert float(turns[0].split()[-1]) >= 2 * 9_900 and float(text[0].split()[-1]) >= 3
+    assert 'status="500"' not in metrics
+
+
+class SlowToStop(Endless):
+    """Sees the stop request only 0.3 s after it is made (a long piece, a prompt being read)."""
+
+    def stream(self, messages, sampling):  # noqa: ANN001, ANN201
+        import time
+
+        from cookiebaker.backends import iterate_in_thread
+
+        def generate(stop):  # noqa: ANN001, ANN202
+            self.running += 1
+            try:
+                while True:
+                    yield "x"
+                    if stop.is_set():
+                        time.sleep(0.3)
+                        return
+            finally:
+                self.running -= 1
+
+        return iterate_in_thread(generate)  # closing it ends the generation
+
+
+def test_a_generation_counts_against_the_queue_until_it_has_ended(tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from cookiebaker.serve.responders import Responders
+
+    backend = SlowToStop()
+    responders = Responders({"m": backend}, {"m": Sampling()}, queue_size=1, timeout=10, registry=CollectorRegistry())
+
+    async def leave_early() -> None:
+        pieces = responders.stream("m", [{"role": "user", "content": "hi"}], Sampling()).__aiter__()
+        await pieces.__anext__()
+        await pieces.aclose()
+        assert backend.running == 0 and responders.pending["m"] == 0
+
+    asyncio.run(leave_early())

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,14 @@ log = logging.getLogger(__name__)
 
 class BackendUnavailable(Exception):
     """The backend cannot answer now (server down, model missing)."""
+
+
+class ContextOverflow(Exception):
+    """Even the newest message, cut to nothing, does not fit the model's context (its system prompt fills it)."""
+
+
+#: Tokens kept free besides the reply's room: the chat handler's rendering may differ from ours by a few.
+PROMPT_MARGIN = 16
 
 
 @dataclass
@@ -51,10 +60,48 @@ def sampling_from_modelfile(path: Path) -> Sampling:
     return sampling
 
 
+@dataclass
+class Fitted:
+    """Messages cut to fit a model's context: the oldest left out, the newest cut to its end if it alone is too
+    long."""
+
+    messages: list[dict]
+    dropped: int = 0
+    """Messages left out (the oldest turns, then the client's system messages)."""
+    cut: int = 0
+    """Messages whose text was cut, keeping its end (0 or 1: the newest)."""
+
+
 class Backend:
     """Generates a reply to chat messages; ``stream`` yields pieces of text."""
 
     description = "backend"
+    context_length: int | None = None
+    """Tokens the model reads at once, prompt and reply together (None: the backend fits prompts itself)."""
+    system_role: bool = True
+    """Whether the chat template renders a system turn (Gemma's does not: its text joins the first user turn)."""
+
+    def prepare(self, messages: list[dict], sampling: Sampling) -> list[dict]:
+        """The messages as the model is given them: the Modelfile's system prompt added, roles alternating, the
+        first turn the user's (strict templates such as Gemma's refuse anything else)."""
+        from cookiebaker.chat import normalize
+
+        prepared = normalize(_with_system(messages, sampling), self.system_role)
+        first = next((index for index, m in enumerate(prepared) if m["role"] != "system"), None)
+        if first is not None and prepared[first]["role"] == "assistant":
+            prepared.insert(first, {"role": "user", "content": ""})
+        return prepared
+
+    def prompt_tokens(self, messages: list[dict], sampling: Sampling) -> int:
+        """How many tokens the prompt for ``messages`` is, as the model is given it."""
+        raise NotImplementedError
+
+    def fit(self, messages: list[dict], sampling: Sampling) -> Fitted:
+        """``messages`` cut to leave the reply room in the context (``max_tokens``, at most half of it)."""
+        if self.context_length is None:
+            return Fitted(messages)
+        budget = self.context_length - min(sampling.max_tokens, self.context_length // 2) - PROMPT_MARGIN
+        return fit_to_context(messages, lambda candidate: self.prompt_tokens(candidate, sampling), budget)
 
     async def complete(self, messages: list[dict], sampling: Sampling) -> str:
         async with contextlib.aclosing(self.stream(messages, sampling)) as pieces:  # cancelled: the generation stops
@@ -77,6 +124,40 @@ class Backend:
         """Raise BackendUnavailable when the backend cannot answer."""
 
 
+def fit_to_context(messages: list[dict], count: Callable[[list[dict]], int], budget: int) -> Fitted:
+    """The newest messages whose prompt is at most ``budget`` tokens (``count``), the client's leading system
+    messages kept while they fit. When the newest message alone is too long, its text is cut, keeping its end."""
+    if count(messages) <= budget:
+        return Fitted(messages)
+    system = list(itertools.takewhile(lambda m: m["role"] == "system", messages[:-1]))
+    turns = messages[len(system):]
+    keep = _largest(len(turns), lambda k: count(system + turns[-k:]) <= budget)
+    if keep:
+        kept = turns[-keep:]
+        if keep > 1 and kept[0]["role"] == "assistant":  # a conversation starts with the user's turn
+            kept = kept[1:]
+        return Fitted(system + kept, dropped=len(turns) - len(kept))
+    newest, text = turns[-1], turns[-1]["content"]
+    for head in (system, []):
+        end = _largest(len(text), lambda c: count([*head, {**newest, "content": text[-c:]}]) <= budget)
+        if end or count([*head, {**newest, "content": ""}]) <= budget:
+            content = text[-end:] if end else ""
+            return Fitted([*head, {**newest, "content": content}], dropped=len(messages) - 1 - len(head), cut=1)
+    raise ContextOverflow(f"the system prompt alone is over the {budget} tokens the context leaves for a prompt")
+
+
+def _largest(high: int, fits: Callable[[int], bool]) -> int:
+    """The largest n in 1..high with fits(n) (fits is monotone: true up to some n), or 0 if none."""
+    low = 0
+    while low < high:
+        middle = (low + high + 1) // 2
+        if fits(middle):
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
 def _with_system(messages: list[dict], sampling: Sampling) -> list[dict]:
     if sampling.system and not any(m["role"] == "system" for m in messages):
         return [{"role": "system", "content": sampling.system}, *messages]
@@ -90,15 +171,17 @@ def _hand_over(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, item: obje
         pass
 
 
-async def _iterate_in_thread(make_iterator) -> AsyncIterator[str]:  # noqa: ANN001
+async def iterate_in_thread(make_iterator) -> AsyncIterator[str]:  # noqa: ANN001
     """Run a blocking generator in a worker thread, handing its items to the event loop.
 
     ``make_iterator(stop)`` gets a ``threading.Event`` that is set as soon as the consumer goes away (a client
     that disconnected, a request that timed out): the thread then stops after the piece it is producing and
     closes the generator, which ends the model's generation and frees the model for the next request."""
+    import anyio
+
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
-    done, stop = object(), threading.Event()
+    done, stop, finished = object(), threading.Event(), asyncio.Event()
 
     def produce() -> None:
         iterator = make_iterator(stop)
@@ -113,7 +196,9 @@ async def _iterate_in_thread(make_iterator) -> AsyncIterator[str]:  # noqa: ANN0
             close = getattr(iterator, "close", None)
             if close is not None:
                 close()
-        _hand_over(loop, queue, done)
+            _hand_over(loop, queue, done)
+            with contextlib.suppress(RuntimeError):  # the event loop is gone
+                loop.call_soon_threadsafe(finished.set)
 
     threading.Thread(target=produce, daemon=True).start()
     try:
@@ -124,8 +209,10 @@ async def _iterate_in_thread(make_iterator) -> AsyncIterator[str]:  # noqa: ANN0
             if isinstance(item, BaseException):
                 raise item
             yield item
-    finally:
+    finally:  # the generation counts (against the queue, for the model's lock) until it has really ended
         stop.set()
+        with anyio.CancelScope(shield=True):
+            await finished.wait()
 
 
 class LlamaCppBackend(Backend):
@@ -139,10 +226,35 @@ class LlamaCppBackend(Backend):
         self.llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=os.cpu_count() or 2, verbose=False)
         self.lock = threading.Lock()  # one generation at a time per model: llama.cpp contexts are not thread-safe
         self.default = sampling
+        self.context_length = self.llm.n_ctx()
+        self.template = self._template()
+        if self.template is not None:
+            from cookiebaker.chat import supports_system_role
+
+            self.system_role = supports_system_role(self.template)
         self._scorer = None
 
+    def _template(self):  # noqa: ANN202
+        """The GGUF's chat template, to count a prompt's tokens as llama.cpp renders it (None: the GGUF has none)."""
+        from cookiebaker.gguf_scoring import ChatTemplate
+
+        template = self.llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            return None
+        text_of = self.llm._model.token_get_text
+        return ChatTemplate(template, eos=text_of(self.llm.token_eos()), bos=text_of(self.llm.token_bos()))
+
+    def prompt_tokens(self, messages: list[dict], sampling: Sampling) -> int:
+        prepared = self.prepare(messages, sampling)
+        if self.template is None:  # the chat handler's markup: a few tokens per message
+            return sum(len(self._tokens(m["content"])) + 8 for m in prepared) + 8
+        return len(self._tokens(self.template.apply_chat_template(prepared, add_generation_prompt=True)))
+
+    def _tokens(self, text: str) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
     def _request(self, messages: list[dict], sampling: Sampling, stream: bool) -> dict:
-        return {"messages": _with_system(messages, sampling), "temperature": sampling.temperature,
+        return {"messages": self.prepare(messages, sampling), "temperature": sampling.temperature,
                 "top_p": sampling.top_p, "stop": sampling.stop or None, "max_tokens": sampling.max_tokens,
                 "seed": sampling.seed, "stream": stream}
 
@@ -158,9 +270,11 @@ class LlamaCppBackend(Backend):
             self._scorer = GgufScorer(self.gguf, n_ctx=max_length)
         return [self._scorer.score(_with_system(messages, self.default)) for messages in conversations]
 
-    async def stream(self, messages: list[dict], sampling: Sampling) -> AsyncIterator[str]:
+    def stream(self, messages: list[dict], sampling: Sampling) -> AsyncIterator[str]:
         def generate(stop: threading.Event) -> Iterator[str]:
             with self.lock:
+                if stop.is_set():  # the client left while this waited for the model
+                    return
                 chunks = self.llm.create_chat_completion(**self._request(messages, sampling, True))
                 try:
                     for chunk in chunks:
@@ -172,8 +286,7 @@ class LlamaCppBackend(Backend):
                 finally:
                     chunks.close()  # ends llama.cpp's generation loop
 
-        async for piece in _iterate_in_thread(generate):
-            yield piece
+        return iterate_in_thread(generate)  # closing it ends the generation
 
 
 class TransformersBackend(Backend):
@@ -183,16 +296,28 @@ class TransformersBackend(Backend):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from cookiebaker.chat import supports_system_role
+
         self.description = f"transformers:{folder.name}"
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
         self.lock = threading.Lock()
         self.default = sampling
+        self.context_length = getattr(self.model.config, "max_position_embeddings", None)
+        self.system_role = supports_system_role(self.tokenizer)
+
+    def prompt_tokens(self, messages: list[dict], sampling: Sampling) -> int:
+        ids = self.tokenizer.apply_chat_template(self.prepare(messages, sampling), add_generation_prompt=True,
+                                                 return_dict=True)["input_ids"]
+        return len(ids)
 
     def _generate_arguments(self, messages: list[dict], sampling: Sampling) -> dict:
-        ids = self.tokenizer.apply_chat_template(_with_system(messages, sampling), add_generation_prompt=True,
+        ids = self.tokenizer.apply_chat_template(self.prepare(messages, sampling), add_generation_prompt=True,
                                                  return_tensors="pt", return_dict=True)
-        kwargs = {**ids, "max_new_tokens": sampling.max_tokens, "do_sample": sampling.temperature > 0,
+        room = sampling.max_tokens
+        if self.context_length:
+            room = max(1, min(room, self.context_length - ids["input_ids"].shape[1]))
+        kwargs = {**ids, "max_new_tokens": room, "do_sample": sampling.temperature > 0,
                   "pad_token_id": self.tokenizer.eos_token_id}
         if sampling.temperature > 0:
             kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p)
@@ -240,7 +365,7 @@ class TransformersBackend(Backend):
                 results.append((float(total), int((labels != IGNORE).sum())))
         return results
 
-    async def stream(self, messages: list[dict], sampling: Sampling) -> AsyncIterator[str]:
+    def stream(self, messages: list[dict], sampling: Sampling) -> AsyncIterator[str]:
         from transformers import TextIteratorStreamer
 
         def generate(stop: threading.Event) -> Iterator[str]:
@@ -251,6 +376,8 @@ class TransformersBackend(Backend):
                     return stop.is_set()
 
             with self.lock:
+                if stop.is_set():  # the client left while this waited for the model
+                    return
                 streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
                 kwargs = {**self._generate_arguments(messages, sampling), "streamer": streamer,
                           "stopping_criteria": [Stop()]}
@@ -262,8 +389,7 @@ class TransformersBackend(Backend):
                     stop.set()
                     worker.join()
 
-        async for piece in _iterate_in_thread(generate):
-            yield piece
+        return iterate_in_thread(generate)  # closing it ends the generation
 
 
 class OllamaBackend(Backend):
@@ -278,6 +404,9 @@ class OllamaBackend(Backend):
         self.description = f"ollama:{name}"
         self.client = httpx.AsyncClient(base_url=self.host, timeout=timeout)
         self.default = sampling
+
+    def prepare(self, messages: list[dict], sampling: Sampling) -> list[dict]:
+        return messages  # Ollama renders with the model's own template and Modelfile (and fits its context)
 
     @staticmethod
     def _options(sampling: Sampling) -> dict:
@@ -327,14 +456,15 @@ class OllamaBackend(Backend):
             raise BackendUnavailable(f"Ollama at {self.host} is not answering") from None
 
 
-def open_backend(reference: str) -> Backend:
-    """``ollama:NAME``, a GGUF file, an export folder (GGUF + Modelfile) or a merged model folder."""
+def open_backend(reference: str, n_ctx: int = 4096) -> Backend:
+    """``ollama:NAME``, a GGUF file, an export folder (GGUF + Modelfile) or a merged model folder; a GGUF gets a
+    context of ``n_ctx`` tokens."""
     if reference.startswith("ollama:"):
         return OllamaBackend(reference.removeprefix("ollama:"), Sampling())
     path = Path(reference).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         modelfile = path.parent / "Modelfile"
-        return LlamaCppBackend(path, sampling_from_modelfile(modelfile) if modelfile.is_file() else Sampling())
+        return LlamaCppBackend(path, sampling_from_modelfile(modelfile) if modelfile.is_file() else Sampling(), n_ctx)
     if path.is_dir():
         ggufs = sorted(path.glob("*.gguf"))
         if ggufs:
@@ -345,7 +475,8 @@ def open_backend(reference: str) -> Backend:
 
                 source = parse_modelfile(modelfile.read_text(encoding="utf-8"))["from"] or ""
                 chosen = path / source.removeprefix("./") if source.endswith(".gguf") else chosen
-            return LlamaCppBackend(chosen, sampling_from_modelfile(modelfile) if modelfile.is_file() else Sampling())
+            return LlamaCppBackend(chosen, sampling_from_modelfile(modelfile) if modelfile.is_file() else Sampling(),
+                                   n_ctx)
         if (path / "config.json").is_file():
             return TransformersBackend(path, Sampling())
     raise ModelError(f"model '{reference}' is neither ollama:NAME, a .gguf file, an export folder nor a merged "

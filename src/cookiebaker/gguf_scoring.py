@@ -16,7 +16,7 @@ from cookiebaker.chat import normalize, supports_system_role
 from cookiebaker.errors import ModelError
 
 
-class _Template:
+class ChatTemplate:
     """The GGUF's chat template with the ``apply_chat_template`` call that ``chat.supports_system_role`` uses."""
 
     def __init__(self, template: str, eos: str, bos: str) -> None:
@@ -41,7 +41,7 @@ class GgufScorer:
         if not template:
             raise ModelError(f"{gguf} has no chat template: cannot render samples to score them")
         text_of = self.llm._model.token_get_text
-        self.template = _Template(template, eos=text_of(self.llm.token_eos()), bos=text_of(self.llm.token_bos()))
+        self.template = ChatTemplate(template, eos=text_of(self.llm.token_eos()), bos=text_of(self.llm.token_bos()))
         self.system_role = supports_system_role(self.template)
         self.n_ctx = n_ctx
 

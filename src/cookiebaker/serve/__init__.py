@@ -45,6 +45,9 @@ class ServeConfig(StageConfig):
     """Longest reply in tokens, unless a request asks for another."""
     max_tokens_limit: int = Field(4096, ge=1)
     """The most tokens a request may ask for (``max_tokens``, ``num_predict``); more is capped to this."""
+    context_tokens: int = Field(4096, ge=256)
+    """Context window a GGUF is loaded with, prompt and reply together. Longer prompts and histories are cut to
+    fit it (the oldest turns first, keeping the newest), counted in /metrics as cookiebaker_context_cut."""
     temperature: float | None = Field(None, ge=0)
     """Override the Modelfile's temperature for every request."""
     top_p: float | None = Field(None, gt=0, le=1)
@@ -81,7 +84,7 @@ def build_app(config: ServeConfig, backends: dict | None = None):  # noqa: ANN20
         for name, reference in references.items():
             if reference:
                 if reference not in opened:  # the same model for both routes is loaded once
-                    opened[reference] = open_backend(reference)
+                    opened[reference] = open_backend(reference, config.context_tokens)
                 backends[name] = opened[reference]
                 log.info("%s → %s", name, backends[name].description)
     samplings = {name: getattr(backend, "default", None) or Sampling() for name, backend in backends.items()}

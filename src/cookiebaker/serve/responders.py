@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import math
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from cookiebaker.backends import Backend, BackendUnavailable, Sampling
+from cookiebaker.backends import Backend, BackendUnavailable, ContextOverflow, Sampling
+
+log = logging.getLogger(__name__)
 
 SFW, NSFW = "cookiebaker-sfw", "cookiebaker-nsfw"
 
@@ -23,39 +25,6 @@ class HTTPProblem(Exception):
         self.status, self.message = status, message
 
 
-def _number_problem(name: str, value: object, low: float, high: float, low_open: bool = False) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return f"'{name}' must be a number"
-    if value < low or value > high or (low_open and value == low):
-        return f"'{name}' must be in {'(' if low_open else '['}{low:g}, {high:g}]"
-    return None
-
-
-def _count_problem(name: str, value: object) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        return f"'{name}' must be a whole number of at least 1"
-    return None
-
-
-def _stop_problem(value: object) -> str | None:
-    if value is None or isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-        return None
-    return "'stop' must be a string or a list of strings"
-
-
-def stream_flag(value: object, default: bool) -> bool:
-    """A request's ``stream``: true, false or absent."""
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise HTTPProblem(422, "'stream' must be true or false")
-    return value
-
-
 class Responders:
     """The models, each with a bounded queue and a generation timeout."""
 
@@ -66,6 +35,8 @@ class Responders:
         self.pending = dict.fromkeys(backends, 0)
         self.depth = Gauge("cookiebaker_queue_depth", "Requests waiting or generating", ["model"], registry=registry)
         self.seconds = Histogram("cookiebaker_generation_seconds", "Generation time", ["model"], registry=registry)
+        self.cuts = Counter("cookiebaker_context_cut", "Messages left out (part=turns) or cut to their end "
+                            "(part=text) to fit the model's context", ["model", "part"], registry=registry)
 
     def resolve(self, name: object) -> str:
         if not isinstance(name, str):
@@ -75,21 +46,17 @@ class Responders:
             raise HTTPProblem(404, f"model '{name}' not found; available: {', '.join(self.backends)}")
         return model
 
-    def sampling(self, model: str, temperature=None, top_p=None, max_tokens=None, stop=None) -> Sampling:  # noqa: ANN001
-        """The model's sampling settings with a request's overrides, each checked (a 422 names the bad one);
+    def sampling(self, model: str, temperature: float | None = None, top_p: float | None = None,
+                 max_tokens: int | None = None, stop: str | list[str] | None = None,
+                 seed: int | None = None) -> Sampling:
+        """The model's sampling settings with a request's overrides (checked by the request's schema);
         ``max_tokens`` is capped at the service's limit."""
-        problems = [problem for problem in (
-            _number_problem("temperature", temperature, 0.0, 100.0),
-            _number_problem("top_p", top_p, 0.0, 1.0, low_open=True),
-            _count_problem("max_tokens", max_tokens),
-            _stop_problem(stop)) if problem]
-        if problems:
-            raise HTTPProblem(422, "; ".join(problems))
         if isinstance(stop, str):
             stop = [stop]
         if max_tokens is not None:
             max_tokens = min(max_tokens, self.max_tokens_limit)
-        return self.samplings[model].merged(temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=stop)
+        return self.samplings[model].merged(temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=stop,
+                                            seed=seed)
 
     @asynccontextmanager
     async def slot(self, model: str):  # noqa: ANN201
@@ -105,17 +72,34 @@ class Responders:
             self.depth.labels(model).set(self.pending[model])
             self.seconds.labels(model).observe(time.perf_counter() - started)
 
+    async def fitted(self, model: str, messages: list[dict], sampling: Sampling) -> list[dict]:
+        """The messages cut to fit the model's context, keeping the newest turns; what was cut is counted."""
+        try:
+            fit = await asyncio.to_thread(self.backends[model].fit, messages, sampling)
+        except ContextOverflow as exc:
+            raise HTTPProblem(413, str(exc)) from None
+        if fit.dropped or fit.cut:
+            self.cuts.labels(model, "turns").inc(fit.dropped)
+            self.cuts.labels(model, "text").inc(fit.cut)
+            log.info("%s: %d of %d messages left out, %d cut, to fit the context", model, fit.dropped,
+                     len(messages), fit.cut)
+        return fit.messages
+
     async def complete(self, model: str, messages: list[dict], sampling: Sampling) -> str:
         async with self.slot(model):
+            messages = await self.fitted(model, messages, sampling)
             try:
                 return await asyncio.wait_for(self.backends[model].complete(messages, sampling), self.timeout)
             except asyncio.TimeoutError:
                 raise HTTPProblem(504, f"{model} did not answer within {self.timeout:g} s") from None
             except BackendUnavailable as exc:
                 raise HTTPProblem(503, str(exc)) from None
+            except Exception as exc:  # noqa: BLE001 (a failure of the model, answered as a JSON 500)
+                raise _failed(model, exc) from None
 
     async def stream(self, model: str, messages: list[dict], sampling: Sampling) -> AsyncIterator[str]:
         async with self.slot(model):
+            messages = await self.fitted(model, messages, sampling)
             deadline = time.monotonic() + self.timeout
             pieces = self.backends[model].stream(messages, sampling).__aiter__()
             try:
@@ -128,6 +112,8 @@ class Responders:
                         raise HTTPProblem(504, f"{model} did not answer within {self.timeout:g} s") from None
                     except BackendUnavailable as exc:
                         raise HTTPProblem(503, str(exc)) from None
+                    except Exception as exc:  # noqa: BLE001 (ends the stream with an error event)
+                        raise _failed(model, exc) from None
                     yield piece
             finally:  # a timed-out request or a client gone: the generation stops, not only the answer
                 await pieces.aclose()
@@ -140,3 +126,8 @@ class Responders:
             await self.backends[model].check()
         except BackendUnavailable as exc:
             raise HTTPProblem(503, str(exc)) from None
+
+
+def _failed(model: str, exc: Exception) -> HTTPProblem:
+    log.error("%s failed: %s", model, type(exc).__name__, exc_info=exc)
+    return HTTPProblem(500, f"{model} failed ({type(exc).__name__}); the service's log has the details")

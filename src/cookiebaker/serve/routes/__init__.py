@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from fastapi import Request
 
 from cookiebaker.serve.responders import HTTPProblem
+from cookiebaker.serve.schemas import T, parse
 
 
 async def body_of(request: Request) -> dict:
@@ -50,17 +51,13 @@ def _check_text(data: object) -> None:
                 raise HTTPProblem(400, "the body holds a lone surrogate (\\ud800-\\udfff), which is not text") from None
 
 
-def chat_messages(value: object) -> list[dict]:
-    """A request's ``messages``: a non-empty list of {role, content}."""
-    if not isinstance(value, list) or not value:
-        raise HTTPProblem(400, "'messages' must be a non-empty list of {role, content}")
-    out = []
-    for item in value:
-        if not (isinstance(item, dict) and item.get("role") in ("system", "user", "assistant")
-                and isinstance(item.get("content"), str)):
-            raise HTTPProblem(400, "each message needs a role (system, user or assistant) and a string content")
-        out.append({"role": item["role"], "content": item["content"]})
-    return out
+async def request_of(request: Request, schema: type[T]) -> T:
+    """The request's body as its declared schema (schemas.py); a 422 naming every bad field otherwise."""
+    data = await body_of(request)
+    try:
+        return parse(schema, data)
+    except ValueError as exc:
+        raise HTTPProblem(422, str(exc)) from None
 
 
 def now() -> str:

@@ -9,8 +9,9 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from cookiebaker.serve.responders import HTTPProblem, stream_flag
-from cookiebaker.serve.routes import body_of, chat_messages, now
+from cookiebaker.serve.responders import HTTPProblem
+from cookiebaker.serve.routes import now, request_of
+from cookiebaker.serve.schemas import OllamaChatRequest, OllamaOptions
 
 router = APIRouter()
 
@@ -38,15 +39,13 @@ def _line(body: dict) -> bytes:
 @router.post("/api/chat")
 async def chat(request: Request) -> Response:
     responders = request.app.state.service.responders
-    data = await body_of(request)
-    model = responders.resolve(data.get("model"))
-    messages = chat_messages(data.get("messages"))
-    options = {} if data.get("options") is None else data["options"]
-    if not isinstance(options, dict):
-        raise HTTPProblem(422, "'options' must be an object")
-    sampling = responders.sampling(model, options.get("temperature"), options.get("top_p"),
-                                   options.get("num_predict"), options.get("stop"))
-    if not stream_flag(data.get("stream"), default=True):
+    body = await request_of(request, OllamaChatRequest)
+    model = responders.resolve(body.model)
+    messages = [message.as_dict() for message in body.messages]
+    options = body.options or OllamaOptions()
+    num_predict = responders.max_tokens_limit if options.num_predict in (-1, -2) else options.num_predict
+    sampling = responders.sampling(model, options.temperature, options.top_p, num_predict, options.stop, options.seed)
+    if not body.stream:
         reply = await responders.complete(model, messages, sampling)
         return JSONResponse({"model": model, "created_at": now(), "message": {"role": "assistant", "content": reply},
                              "done": True, "done_reason": "stop"})

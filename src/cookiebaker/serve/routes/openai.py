@@ -10,8 +10,9 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from cookiebaker.serve.responders import HTTPProblem, stream_flag
-from cookiebaker.serve.routes import body_of, chat_messages
+from cookiebaker.serve.responders import HTTPProblem
+from cookiebaker.serve.routes import request_of
+from cookiebaker.serve.schemas import OpenAIChatRequest
 
 router = APIRouter()
 
@@ -25,13 +26,13 @@ async def models(request: Request) -> dict:
 @router.post("/v1/chat/completions")
 async def chat(request: Request) -> Response:
     responders = request.app.state.service.responders
-    data = await body_of(request)
-    model = responders.resolve(data.get("model"))
-    messages = chat_messages(data.get("messages"))
-    sampling = responders.sampling(model, data.get("temperature"), data.get("top_p"),
-                                   data.get("max_completion_tokens") or data.get("max_tokens"), data.get("stop"))
+    body = await request_of(request, OpenAIChatRequest)
+    model = responders.resolve(body.model)
+    messages = [message.as_dict() for message in body.messages]
+    sampling = responders.sampling(model, body.temperature, body.top_p, body.max_completion_tokens or body.max_tokens,
+                                   body.stop, body.seed)
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-    if not stream_flag(data.get("stream"), default=False):
+    if not body.stream:
         reply = await responders.complete(model, messages, sampling)
         return JSONResponse({"id": completion_id, "object": "chat.completion", "created": created, "model": model,
                              "choices": [{"index": 0, "message": {"role": "assistant", "content": reply},
