@@ -6,7 +6,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from conftest import msg, service, synth_export, write_chat
+from conftest import msg, run_cli, service, synth_export, write_chat
 
 from cookiebaker import ingest
 from cookiebaker.errors import ExportFormatError, InputFileError
@@ -397,3 +397,127 @@ def test_invalid_utf8_names_its_byte_and_symlink_loops_say_so(tmp_path: Path) ->
     (tmp_path / "gone.json").symlink_to(tmp_path / "nothing.json")
     with pytest.raises(InputFileError, match="symbolic link to something that does not exist"):
         ingest.run(IngestConfig(inputs=[str(tmp_path / "gone.json")], output=str(tmp_path / "m.parquet")))
+
+
+# ---- Hostile and malformed exports (issue 13, items 6-8): one verdict, whichever reader reads the chat ----
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "1" + "]" * depth
+
+
+#: name → (what to do to message 150 of 300, as raw JSON text, expected words of the refusal or None)
+MALFORMED = {
+    "message id over 64 bits": (lambda m: m.replace('"id": 150,', f'"id": {2**70},'), "$.messages[149].id"),
+    "reply id over 64 bits": (lambda m: m.replace('"id": 150,', f'"id": 150, "reply_to_message_id": {2**64},'),
+                              "reply_to_message_id"),
+    "peer over 64 bits": (lambda m: m.replace('"from_id": "user1"', f'"from_id": {2**70}'), "from_id"),
+    "deep unknown key": (lambda m: m.replace('"id": 150,', f'"id": 150, "zzz": {_nested(10_000)},'), "nests too deeply"),
+    "deep text": (lambda m: m.replace('"text": "m150"', f'"text": {_nested(10_000)}'), "nests too deeply"),
+    "deep photo": (lambda m: m.replace('"id": 150,', f'"id": 150, "photo": {_nested(10_000)},'), "nests too deeply"),
+    "from_id an object": (lambda m: m.replace('"from_id": "user1"', '"from_id": {"a": 1}'), "from_id"),
+    "from an array": (lambda m: m.replace('"from": "Alice"', '"from": ["x"]'), "from"),
+    "text a number": (lambda m: m.replace('"text": "m150"', '"text": 42'), "$.messages[149].text"),
+    "entity text a number": (lambda m: m.replace('"text": "m150"', '"text": [{"type": "bold", "text": 5}]'),
+                             "text[0].text"),
+    "text part a number": (lambda m: m.replace('"text": "m150"', '"text": ["a", 7]'), "text"),
+    "date a number": (lambda m: m.replace('"date_unixtime": "1700000150"', '"date_unixtime": 1700000150'),
+                      "date_unixtime"),
+    "id a float": (lambda m: m.replace('"id": 150,', '"id": 150.5,'), "$.messages[149].id"),
+    "type an object": (lambda m: m.replace('"type": "message"', '"type": {}', 1), "type"),
+}
+
+
+def _export_with(tmp_path: Path, change, *, chat_id: int = 1234) -> Path:  # noqa: ANN001
+    messages = [msg(i, f"m{i}", date=1_700_000_000 + i) for i in range(1, 301)]
+    path = write_chat(tmp_path / "chat.json", messages, chat_id=chat_id)
+    text = path.read_text()
+    start = text.index('"id": 150,')
+    end = text.index('"id": 151,')
+    path.write_text(text[:start] + change(text[start:end]) + text[end:])
+    return path
+
+
+def _verdict(path: Path) -> str:
+    try:
+        frame = read_export(path)
+    except ExportFormatError as exc:
+        return f"refused: {exc}"
+    return f"read {frame.height} rows"
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_both_readers_refuse_malformed_messages_naming_the_file_and_place(tmp_path: Path, case: str,
+                                                                         bulk_calls: list[str], monkeypatch) -> None:
+    change, expected = MALFORMED[case]
+    path = _export_with(tmp_path, change)
+    with monkeypatch.context() as patch:
+        patch.setattr(bulk, "BULK_MIN_BYTES", 1 << 40)
+        exact = _verdict(path)
+    through_bulk = _verdict(path)
+    assert bulk_calls and bulk_calls[0].startswith("refused"), bulk_calls  # DuckDB alone would have read it
+    assert exact == through_bulk
+    assert exact.startswith("refused") and str(path) in exact and expected in exact and "\n" not in exact, exact
+
+
+def test_chat_id_over_64_bits_is_refused_by_both_readers(tmp_path: Path, monkeypatch) -> None:
+    path = _export_with(tmp_path, lambda m: m, chat_id=2**80)
+    with monkeypatch.context() as patch:
+        patch.setattr(bulk, "BULK_MIN_BYTES", 1 << 40)
+        exact = _verdict(path)
+    with monkeypatch.context() as patch:
+        patch.setattr(bulk, "BULK_MIN_BYTES", 0)
+        assert _verdict(path) == exact
+    assert exact.startswith("refused") and "$.id" in exact
+
+
+def test_skip_invalid_skips_every_malformed_file_and_the_cli_says_one_line(tmp_path: Path) -> None:
+    inputs = tmp_path / "in"
+    write_chat(inputs / "good.json", [msg(1, "hi")])
+    for index, (change, _) in enumerate(MALFORMED.values()):
+        _export_with(tmp_path, change).rename(inputs / f"bad{index:02d}.json")
+    report = ingest.run(IngestConfig(inputs=[str(inputs)], output=str(tmp_path / "m.parquet"), skip_invalid=True))
+    assert report["files_read"] == 1 and report["files_skipped"] == len(MALFORMED)
+    assert {Path(item["file"]).name for item in report["skipped"]} == {f"bad{i:02d}.json" for i in range(len(MALFORMED))}
+    result = run_cli("ingest", str(inputs / "bad03.json"), "-o", str(tmp_path / "x.parquet"))
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "bad03.json" in result.stderr and "nests too deeply" in result.stderr
+
+
+def _dates(local: str, unix: str) -> object:
+    return lambda m: m.replace('"date": "2023-11-14T22:13:20"', f'"date": {local}').replace(
+        '"date_unixtime": "1700000150"', f'"date_unixtime": {unix}')
+
+
+BAD_VALUES = {  # message 150's change → the reason it is counted under
+    "date not a date": (_dates('"not-a-date"', "null"), "unreadable_date"),
+    "date_unixtime in year -1199": (_dates('"2023-11-14T22:13:20"', '"-99999999999"'), "unreadable_date"),
+    "date_unixtime in year 5138": (_dates('"2023-11-14T22:13:20"', '"99999999999"'), "unreadable_date"),
+    "no date at all": (_dates("null", "null"), "unreadable_date"),
+    "type hologram": (lambda m: m.replace('"type": "message"', '"type": "hologram"', 1), "unknown_type"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_VALUES))
+def test_bad_values_are_left_out_and_counted_the_same_by_both_readers(tmp_path: Path, case: str,
+                                                                      bulk_calls: list[str], monkeypatch) -> None:
+    change, reason = BAD_VALUES[case]
+    path = _export_with(tmp_path, change)
+    reports = []
+    for minimum in (1 << 40, 0):
+        monkeypatch.setattr(bulk, "BULK_MIN_BYTES", minimum)
+        out = tmp_path / f"m{minimum}.parquet"
+        reports.append(ingest.run(IngestConfig(inputs=[str(path)], output=str(out))))
+        frame = pl.read_parquet(out)
+        assert frame.height == 299 and 150 not in frame["message_id"].to_list()
+        assert frame["date"].null_count() == 0 and set(frame["kind"]) == {"message"}
+    assert bulk_calls == ["read"]
+    assert reports[0]["rows_dropped"] == reports[1]["rows_dropped"] == {
+        "unknown_type": int(reason == "unknown_type"), "unreadable_date": int(reason == "unreadable_date")}
+
+
+def test_unreadable_edit_dates_read_as_not_edited(tmp_path: Path) -> None:
+    path = _export_with(tmp_path, lambda m: m.replace('"id": 150,', '"id": 150, "edited": "x", '
+                                                      '"edited_unixtime": "99999999999",'))
+    report = ingest.run(IngestConfig(inputs=[str(path)], output=str(tmp_path / "m.parquet")))
+    assert report["edit_dates_cleared"] == 1 and report["rows"] == 300
+    assert pl.read_parquet(tmp_path / "m.parquet")["edited"].null_count() == 300

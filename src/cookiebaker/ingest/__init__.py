@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TypedDict
 
@@ -34,6 +35,11 @@ class IngestReport(TypedDict):
     rows: int
     rows_by_kind: dict[str, int]
     duplicate_rows_dropped: int
+    rows_dropped: dict[str, int]
+    """Rows left out, by reason: ``unknown_type`` (not message, service or unsupported) and ``unreadable_date``
+    (a message or service entry whose date is missing, unreadable or outside 2000–2100)."""
+    edit_dates_cleared: int
+    """Edit dates that were unreadable or outside 2000–2100, read as "not edited"."""
     files: list[str]
     skipped: list[dict[str, str]]
 
@@ -86,8 +92,42 @@ def find_export_files(inputs: list[str]) -> list[Path]:
 
 
 def read_export(path: str | Path) -> pl.DataFrame:
-    """One export file as the messages table, by the reader that recognises its content."""
-    return reader_for(Path(path)).read(Path(path))
+    """One export file as the messages table, by the reader that recognises its content. Whatever goes wrong
+    reading it is an InputFileError naming the file (``--skip-invalid`` then skips it)."""
+    path = Path(path)
+    try:
+        return reader_for(path).read(path)
+    except InputFileError:
+        raise
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # a reader's bug must still name the file, and never end in a traceback
+        log.debug("reading %s failed", path, exc_info=exc)
+        first_line = (str(exc).splitlines() or [""])[0][:200]
+        raise InputFileError(path, f"cannot be read ({type(exc).__name__}: {first_line})") from exc
+
+
+#: Send and edit times outside these years are unreadable values, not dates (Telegram began in 2013).
+DATE_RANGE = (datetime(2000, 1, 1, tzinfo=timezone.utc), datetime(2100, 1, 1, tzinfo=timezone.utc))
+
+
+def check_values(frame: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, int], int]:
+    """Rows whose values cannot be used are left out and counted by reason; unreadable edit dates are cleared
+    and counted. The same rules for every reader, after it."""
+    low, high = DATE_RANGE
+    unknown_type = ~pl.col("kind").is_in(KINDS)
+    dated = pl.col("date").is_between(low, high, closed="left").fill_null(False)
+    unreadable_date = ~unknown_type & (pl.col("kind") != "unsupported") & ~dated
+    counts = frame.select(unknown_type.sum().alias("unknown_type"), unreadable_date.sum().alias("unreadable_date"),
+                          (pl.col("edited").is_not_null() & ~pl.col("edited").is_between(low, high, closed="left"))
+                          .sum().alias("edits")).row(0, named=True)
+    edits = counts.pop("edits")
+    if counts["unknown_type"] or counts["unreadable_date"]:
+        frame = frame.filter(~unknown_type & ~unreadable_date)
+    if edits:
+        frame = frame.with_columns(pl.when(pl.col("edited").is_between(low, high, closed="left"))
+                                   .then("edited").alias("edited"))
+    return frame, counts, edits
 
 
 def deduplicate(frame: pl.DataFrame) -> tuple[pl.DataFrame, int]:
@@ -129,6 +169,10 @@ def run(config: IngestConfig) -> IngestReport:
         raise InputFileError("(inputs)", "none of the input files is a readable Telegram JSON export")
     frame = pl.concat(frames, how="vertical")
     del frames
+    frame, dropped, edits_cleared = check_values(frame)
+    for reason, count in dropped.items():
+        if count:
+            log.warning("left out %d rows: %s (see the report)", count, reason.replace("_", " "))
     frame, duplicates = deduplicate(frame)
     if duplicates:
         log.info("dropped %d duplicate rows (same chat and message id seen in more than one place)", duplicates)
@@ -143,6 +187,8 @@ def run(config: IngestConfig) -> IngestReport:
         "rows": frame.height,
         "rows_by_kind": by_kind,
         "duplicate_rows_dropped": duplicates,
+        "rows_dropped": dropped,
+        "edit_dates_cleared": edits_cleared,
         "files": [str(p) for p in files],
         "skipped": skipped,
     }

@@ -33,7 +33,7 @@ import polars as pl
 from msgspec import UNSET, UnsetType
 
 from cookiebaker.ingest.telegram.columns import _RARE_MEDIA, bare_peer_id, canonical_peer
-from cookiebaker.ingest.telegram.decode import Chat, ExportRoot, message_spans
+from cookiebaker.ingest.telegram.decode import Chat, ExportRoot, Message, message_spans
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,7 @@ FROM read_json($files, format = 'array', columns = $columns, maximum_object_size
 _NULL_FROM = re.compile(rb'_from"[ \t\r\n]*:[ \t\r\n]*null')  # a literal start: a fast scan
 _FIRST_KEY = re.compile(rb"[ \t\r\n]*\{[ \t]*\r?\n([ \t]*)\"")
 _HEAD_BYTES = 1 << 20
+_MESSAGES = msgspec.json.Decoder(list[Message])
 
 
 class BulkUnsupported(Exception):
@@ -173,7 +174,11 @@ def read_messages(source: Source, begin: int, end: int, threads: int) -> tuple[p
             written = _write_spans(source, begin, spans, Path(scratch), pool)
             null_forwards, null_saves = _null_forwards(source.buffer, begin, end, indent)  # meanwhile
             files = [future.result() for future in written]
-        raw = _parse_any(files, threads, entities)
+            refused = pool.submit(_refused_by_msgspec, files)  # while DuckDB parses
+            raw = _parse_any(files, threads, entities)
+            problem = refused.result()
+    if problem is not None:
+        raise BulkUnsupported(f"the exact decoder refuses a message ({problem}): it gives the verdict")
     first = raw.select(pl.coalesce("from_id", "actor_id").drop_nulls().first()).item()
     # One pass of expressions: DuckDB's columns come in chunks, and a column computed on its own would not be.
     raw = raw.with_columns(
@@ -228,6 +233,17 @@ def _write_file(name: str, source: Source, start: int, stop: int, before: bytes,
     finally:
         os.close(out)
     return name
+
+
+def _refused_by_msgspec(files: list[str]) -> str | None:
+    """Why the exact decoder refuses a span (a type it does not take, an id over 64 bits, nesting too deep), or
+    None. DuckDB reads any value as text, so only this keeps the two readers' verdicts the same."""
+    for name in files:
+        try:
+            _MESSAGES.decode(Path(name).read_bytes())
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+            return str(exc).splitlines()[0][:200] or type(exc).__name__
+    return None
 
 
 def _parse_any(files: list[str], threads: int, entities: bool) -> pl.DataFrame:

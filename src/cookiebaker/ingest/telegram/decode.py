@@ -7,14 +7,17 @@ Python objects, which is what makes million-message exports fast to read.
 from __future__ import annotations
 
 import re
-from typing import Union
+import sys
+from typing import Annotated, Union
 
 import msgspec
-from msgspec import UNSET, Raw, UnsetType
+from msgspec import UNSET, Meta, Raw, UnsetType
 
 from cookiebaker.errors import ExportFormatError, InputFileError
 
-Peer = Union[str, int, None]
+#: Ids are stored as 64-bit integers: a larger one is refused, naming where it is.
+Int64 = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
+Peer = Union[str, Int64, None]
 Optional = Union[Raw, UnsetType]
 
 
@@ -26,7 +29,7 @@ Text = Union[str, list[Union[str, Entity]]]
 
 
 class Message(msgspec.Struct, gc=False):
-    id: int
+    id: Int64
     type: str = "message"
     date: Union[str, None] = None
     date_unixtime: Union[str, None] = None
@@ -40,7 +43,7 @@ class Message(msgspec.Struct, gc=False):
     forwarded_from: Union[str, None, UnsetType] = UNSET
     forwarded_from_id: Peer = None
     saved_from: Union[str, None, UnsetType] = UNSET
-    reply_to_message_id: Union[int, None] = None
+    reply_to_message_id: Union[Int64, None] = None
     reply_to_peer_id: Peer = None
     via_bot: Union[str, None] = None
     text: Text = ""
@@ -62,7 +65,7 @@ class Message(msgspec.Struct, gc=False):
 class Chat(msgspec.Struct, gc=False):
     name: Union[str, None] = None
     type: Union[str, None] = None
-    id: Union[int, None] = None
+    id: Union[Int64, None] = None
     messages: Union[Raw, UnsetType] = UNSET
 
 
@@ -75,7 +78,7 @@ class ExportRoot(msgspec.Struct, gc=False):
 
     name: Union[str, None] = None
     type: Union[str, None] = None
-    id: Union[int, None] = None
+    id: Union[Int64, None] = None
     messages: Union[Raw, UnsetType] = UNSET
     chats: Union[ChatSection, None, UnsetType] = UNSET
     left_chats: Union[ChatSection, None, UnsetType] = UNSET
@@ -132,7 +135,7 @@ def decode_export(path: str, data: bytes) -> tuple[list[Chat], bytes]:
                 raise _describe_decode_error(path, retry_exc, data) from None
         else:
             raise _describe_decode_error(path, exc, data) from None
-    except UnicodeDecodeError as exc:
+    except (UnicodeDecodeError, RecursionError) as exc:
         raise _describe_decode_error(path, exc, data) from None
     return _chats_of(path, root), data
 
@@ -147,6 +150,9 @@ def _first_invalid_byte(data: bytes | None, fallback: int) -> int:
 
 
 def _describe_decode_error(path: str, exc: Exception, data: bytes | None = None) -> InputFileError:
+    if isinstance(exc, RecursionError):
+        return ExportFormatError(path, f"the JSON nests too deeply (over about {sys.getrecursionlimit()} levels); "
+                                       "Telegram Desktop never nests more than a few")
     if isinstance(exc, UnicodeDecodeError):
         return ExportFormatError(path, f"the file is not valid UTF-8 (byte {_first_invalid_byte(data, exc.start)}); "
                                        "Telegram Desktop writes UTF-8 JSON")
@@ -219,7 +225,7 @@ def decode_slice(piece: bytes | memoryview) -> list[Message]:
     valid on its own."""
     try:
         return _MESSAGES_DECODER.decode(piece)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         raise SliceMismatch from None
 
 
@@ -228,7 +234,7 @@ def decode_messages(path: str, messages: Raw, offset: int = 0) -> list[Message]:
     message that points at the bad message or byte."""
     try:
         return _MESSAGES_DECODER.decode(messages)
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
         if isinstance(exc, msgspec.ValidationError):
             exc = msgspec.ValidationError(str(exc).replace("at `$", "at `$.messages", 1))
         if isinstance(exc, UnicodeDecodeError):
