@@ -100,6 +100,12 @@ def add_error_handlers(app: FastAPI) -> None:
     async def _problem(request: Request, exc: HTTPProblem) -> JSONResponse:
         return JSONResponse({"error": exc.message}, status_code=exc.status)
 
+    @app.exception_handler(Exception)
+    async def _failed(request: Request, exc: Exception) -> JSONResponse:  # a bug: still JSON, counted, logged
+        log.error("%s %s failed: %s", request.method, _route_label(request.scope), type(exc).__name__, exc_info=exc)
+        return JSONResponse({"error": f"internal error ({type(exc).__name__}); the service's log has the details"},
+                            status_code=500)
+
     @app.exception_handler(404)
     async def _not_found(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"error": f"no route {request.method} {request.url.path}"}, status_code=404)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from fastapi import APIRouter, Request
 
-from cookiebaker.serve.responders import NSFW, SFW
+from cookiebaker.serve.responders import NSFW, SFW, HTTPProblem
 from cookiebaker.serve.routes import request_of
 from cookiebaker.serve.schemas import WebhookRequest
 
+log = logging.getLogger(__name__)
 router = APIRouter()
 
 
@@ -18,9 +20,21 @@ async def webhook(request: Request) -> dict:
     service = request.app.state.service
     body = await request_of(request, WebhookRequest)
     model = service.responders.resolve(SFW if body.sfw else NSFW)
-    history = await asyncio.to_thread(service.store.recent, body.client, body.chat, service.history_turns)
+    history = await _history(service.store.recent, body.client, body.chat, service.history_turns)
     messages = [*history, {"role": "user", "content": body.prompt}]
     reply = (await service.responders.complete(model, messages, service.responders.sampling(model))).strip()
-    await asyncio.to_thread(service.store.add, body.client, body.chat,
-                            [{"role": "user", "content": body.prompt}, {"role": "assistant", "content": reply}])
+    # One transaction: the turn and its reply are stored together or not at all.
+    await _history(service.store.add, body.client, body.chat,
+                   [{"role": "user", "content": body.prompt}, {"role": "assistant", "content": reply}])
     return {"response": reply, "command": "", "model": model}
+
+
+async def _history(call, *args):  # noqa: ANN001, ANN002, ANN202
+    """A history call in a worker thread; a database that is down or restarting is a 503, not a 500."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        return await asyncio.to_thread(call, *args)
+    except SQLAlchemyError as exc:
+        log.warning("history database: %s", type(exc).__name__)
+        raise HTTPProblem(503, "the chat history database is not answering; try again shortly") from None
