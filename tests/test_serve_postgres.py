@@ -6,11 +6,11 @@ import json
 import os
 import shutil
 import signal
-import sys
-import time
 import socket
 import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import httpx

@@ -32,7 +32,7 @@ import msgspec
 import polars as pl
 from msgspec import UNSET, UnsetType
 
-from cookiebaker.ingest.telegram.columns import _RARE_MEDIA, bare_peer_id, canonical_peer
+from cookiebaker.ingest.telegram.columns import _RARE_MEDIA, bare_peer_id, canonical_peer, peer_number
 from cookiebaker.ingest.telegram.decode import Chat, ExportRoot, Message, message_spans
 
 log = logging.getLogger(__name__)
@@ -62,15 +62,15 @@ _TEXT_FROM_JSON = ("""CASE
     WHEN starts_with(text, '[') THEN coalesce(array_to_string(list_transform(CAST(text AS JSON[]), lambda part:
       CASE WHEN starts_with(part, '"') THEN part ->> '$' ELSE coalesce(part ->> 'text', '') END), ''), '')
     ELSE '' END""", {"text": "JSON"})  # JSON values come minified: the first character tells their type
-# The raw columns of columns.raw_frame. Local dates are only needed where the unixtime twin is missing.
+# The raw columns of columns.raw_frame, as text: how dates are read is columns.finish_frame's rule, for both readers.
 _SELECT = f"""
 SELECT
   id AS message_id,
   coalesce(type, 'message') AS kind,
-  TRY_CAST(date_unixtime AS BIGINT) AS date_unixtime,
-  CASE WHEN TRY_CAST(date_unixtime AS BIGINT) IS NULL THEN date END AS date,
-  TRY_CAST(edited_unixtime AS BIGINT) AS edited_unixtime,
-  CASE WHEN TRY_CAST(edited_unixtime AS BIGINT) IS NULL THEN edited END AS edited,
+  date_unixtime,
+  date,
+  edited_unixtime,
+  edited,
   "from",
   from_id,
   actor,
@@ -311,13 +311,14 @@ def _null_forwards(buffer: bytes | mmap.mmap, begin: int, end: int, indent: byte
 
 def _peer_value(text: str) -> str | int:
     """A peer as the export wrote it. DuckDB gives integer peers (tdesktop 2020-21) as their digits."""
-    return int(text) if text.isdigit() else text
+    number = peer_number(text)
+    return text if number is None else number
 
 
 def _canonical(raw: pl.DataFrame, name: str, convert, dtype: pl.DataType) -> pl.Expr:  # noqa: ANN001
     """A peer column → canonical values, converted once per distinct value (peers repeat a lot)."""
     peers = raw.get_column(name)
-    if dtype == pl.String and not peers.str.contains("^[0-9]").any():
+    if dtype == pl.String and not peers.str.contains("^-?[0-9]").any():
         return pl.col(name)  # already canonical ('user123', 'channel123'), as in every export since tdesktop 2.7.2
     mapping = {v: convert(_peer_value(v)) for v in peers.unique().drop_nulls().to_list()}
     return pl.col(name).replace_strict(mapping, default=None, return_dtype=dtype)

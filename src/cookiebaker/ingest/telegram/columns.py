@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import polars as pl
 from msgspec import UNSET, Raw
 
@@ -15,12 +17,26 @@ CHANNEL_SHIFT = 1 << 33
 LOCAL_DATE_FORMAT = "%Y-%m-%dT%H:%M:%S"
 
 
+_INTEGER = re.compile(r"-?[0-9]+")
+
+
+def peer_number(peer: Peer) -> int | None:
+    """A peer written as a number, or as the text of one (DuckDB reads both as text: they must mean the same)."""
+    if isinstance(peer, int):
+        return peer
+    if isinstance(peer, str) and _INTEGER.fullmatch(peer):
+        return int(peer)
+    return None
+
+
 def canonical_peer(peer: Peer) -> str | None:
     """Any era's peer id → 'user123' / 'channel123' / 'chat123'."""
     if peer is None:
         return None
-    if isinstance(peer, str):
-        return f"user{peer}" if peer.isdigit() else peer
+    number = peer_number(peer)
+    if number is None:
+        return peer
+    peer = number
     if peer >= CHANNEL_SHIFT:
         return f"channel{peer - CHANNEL_SHIFT}"
     if peer >= USER_SHIFT:
@@ -33,7 +49,10 @@ def bare_peer_id(peer: Peer) -> int | None:
     if canonical is None:
         return None
     digits = canonical.lstrip("abcdefghijklmnopqrstuvwxyz")
-    return int(digits) if digits.lstrip("-").isdigit() else None
+    if not _INTEGER.fullmatch(digits):
+        return None
+    bare = int(digits)
+    return bare if -(2**63) <= bare < 2**63 else None  # an id that is no 64-bit number names no chat
 
 
 def unshift_chat_id(chat_id: int, peers_are_integers: bool) -> int:
@@ -107,14 +126,15 @@ def raw_frame(msgs: list[Message]) -> tuple[pl.DataFrame, Peer]:
                       None)
     unix_dates = _strings([m.date_unixtime for m in msgs])
     unix_edits = _strings([m.edited_unixtime for m in msgs])
-    # Exports older than mid-2022 have no unixtime twins: only then are the local-time strings needed.
+    # Exports older than mid-2022 have no unixtime twins: only where one is missing or unusable are the local-time
+    # strings needed.
     frame = pl.DataFrame([
         pl.Series("message_id", [m.id for m in msgs], dtype=pl.Int64),
         _strings([m.type for m in msgs]).alias("kind"),
         unix_dates.alias("date_unixtime"),
-        _strings([m.date for m in msgs] if unix_dates.null_count() else [None] * len(msgs)).alias("date"),
+        _strings([m.date for m in msgs] if _unusable(unix_dates) else [None] * len(msgs)).alias("date"),
         unix_edits.alias("edited_unixtime"),
-        _strings([m.edited for m in msgs] if unix_edits.null_count() else [None] * len(msgs)).alias("edited"),
+        _strings([m.edited for m in msgs] if _unusable(unix_edits) else [None] * len(msgs)).alias("edited"),
         _strings([m.sender for m in msgs]).alias("from"),
         _strings(_mapped([m.from_id for m in msgs], canonical_peer)).alias("from_id"),
         _strings([m.actor for m in msgs]).alias("actor"),
@@ -138,9 +158,24 @@ def raw_frame(msgs: list[Message]) -> tuple[pl.DataFrame, Peer]:
     return frame, first_peer
 
 
+#: A unixtime this far from 1970 (past the year 5000) is no time, and would overflow in microseconds.
+MAX_UNIX_SECONDS = 10**11
+
+
+def _unix_seconds(unix: pl.Expr) -> pl.Expr:
+    """Unixtime strings as seconds; null where the text is no integer or is out of range."""
+    seconds = unix.cast(pl.Int64, strict=False)
+    return pl.when(seconds.abs() < MAX_UNIX_SECONDS).then(seconds)
+
+
+def _unusable(unix: pl.Series) -> bool:
+    """Whether some message's unixtime is missing or unusable (then its local-time string is read instead)."""
+    return unix.to_frame("u").select(_unix_seconds(pl.col("u")).null_count()).item() > 0
+
+
 def _utc(unix: pl.Expr, local: pl.Expr) -> pl.Expr:
     """UTC timestamps from unixtime strings, falling back to the export's local-time strings (read as UTC)."""
-    from_unix = pl.from_epoch(unix.cast(pl.Int64, strict=False), time_unit="s").dt.replace_time_zone("UTC")
+    from_unix = pl.from_epoch(_unix_seconds(unix), time_unit="s").dt.replace_time_zone("UTC")
     from_local = local.str.to_datetime(LOCAL_DATE_FORMAT, strict=False, time_zone="UTC")
     return pl.coalesce(from_unix.cast(UTC_TIME), from_local.cast(UTC_TIME))
 
@@ -190,7 +225,7 @@ def chat_frame(chat_id: int, name: str | None, chat_type: str | None, slices: li
                source_file: str) -> pl.DataFrame:
     """Join a chat's slices and add the chat-level columns, in the order of MESSAGE_SCHEMA."""
     first_peer = next((peer for _, peer in slices if peer is not None), None)
-    bare_id = unshift_chat_id(chat_id, isinstance(first_peer, int))
+    bare_id = unshift_chat_id(chat_id, peer_number(first_peer) is not None)
     frame = pl.concat([f for f, _ in slices], how="vertical") if slices else empty_frame().drop(
         "chat_id", "chat_name", "chat_type", "source_file")
     return frame.select(

@@ -1,0 +1,199 @@
+"""Seeded, bounded property-based fuzzing (hypothesis) of the two ways hostile input comes in: HTTP requests to
+the service, and mutated Telegram exports to ingest. The properties: never a 500, never a traceback, never a
+partial output; and the two ingest readers give the same verdict on every file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+from conftest import msg, write_chat
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_serve import Echo, make_app
+
+from cookiebaker import ingest
+from cookiebaker.errors import InputFileError
+from cookiebaker.ingest.telegram import bulk
+
+FUZZ = settings(max_examples=500, derandomize=True, deadline=None, database=None, print_blob=True,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+scalars = (st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True, allow_infinity=True)
+           | st.text(max_size=12) | st.sampled_from(["", " ", "cookiebaker-sfw", "cookiebaker-nsfw", "user", "assistant",
+                                                     "system", "text", "10", "NaN", "-1", "\u0000", "🍪"]))
+values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3)
+                      | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=8)
+
+
+# ---- Requests ----
+
+class Counting(Echo):
+    """Echo with a small context (one token per character), so that fitting the context is exercised too."""
+
+    context_length = 64
+
+    def prompt_tokens(self, messages, sampling):  # noqa: ANN001, ANN201
+        return sum(len(m["content"]) + 4 for m in self.prepare(messages, sampling))
+
+
+FIELDS = {
+    "/webhook/response": ["prompt", "chat_id", "sfw", "client_name", "sender_name"],
+    "/api/chat": ["model", "messages", "stream", "options"],
+    "/v1/chat/completions": ["model", "messages", "stream", "temperature", "top_p", "max_tokens",
+                             "max_completion_tokens", "stop", "seed"],
+}
+VALID = {
+    "/webhook/response": {"prompt": "hi", "chat_id": 1},
+    "/api/chat": {"model": "cookiebaker-sfw", "stream": False, "messages": [{"role": "user", "content": "hi"}]},
+    "/v1/chat/completions": {"model": "cookiebaker-nsfw", "messages": [{"role": "user", "content": "hi"}]},
+}
+messages_values = st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system", "tool"])
+                                                  | values, "content": st.text(max_size=80) | values}), max_size=6)
+options_values = st.dictionaries(st.sampled_from(["temperature", "top_p", "num_predict", "stop", "seed", "num_ctx"]),
+                                 values, max_size=3)
+raw_oddities = st.sampled_from([
+    b"", b"{", b"[]", b"null", b'"text"', b"{}", b'{"prompt": "a\\ud800", "chat_id": 1}',
+    b'{"prompt": ' + b"[" * 5000 + b"]" * 5000 + b"}", b'{"prompt": "x", "chat_id": ' + b"9" * 5000 + b"}",
+    b'{"model": "cookiebaker-sfw", "messages": [{"role": "user", "content": "x"}], "temperature": NaN}',
+    b"\xff\xfe{}", b'{"prompt": "x", "chat_id": 1}garbage'])
+
+
+@st.composite
+def requests(draw) -> tuple[str, bytes]:  # noqa: ANN001
+    path = draw(st.sampled_from(sorted(FIELDS)))
+    if draw(st.integers(0, 9)) == 0:
+        return path, draw(raw_oddities)
+    body = dict(VALID[path])
+    for field in draw(st.lists(st.sampled_from(FIELDS[path]), max_size=4, unique=True)):
+        if field == "messages":
+            body[field] = draw(messages_values | values)
+        elif field == "options":
+            body[field] = draw(options_values | values)
+        else:
+            body[field] = draw(values)
+    for field in draw(st.lists(st.sampled_from(sorted(body)), max_size=1)):
+        del body[field]
+    return path, json.dumps(body, allow_nan=True).encode()
+
+
+@pytest.fixture(scope="module")
+def fuzzed_service(tmp_path_factory):  # noqa: ANN201
+    root = tmp_path_factory.mktemp("fuzz_serve")
+    app, _, _ = make_app(root, sfw=Counting(), nsfw=Counting(), history_turns=4)
+    return TestClient(app, raise_server_exceptions=False)
+
+
+@FUZZ
+@given(request=requests())
+def test_fuzzed_requests_never_get_a_500_and_every_stream_ends_properly(fuzzed_service: TestClient,
+                                                                       request: tuple[str, bytes]) -> None:
+    path, body = request
+    response = fuzzed_service.post(path, content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code < 500, (response.status_code, response.text[:300])
+    if response.status_code >= 400:
+        assert isinstance(response.json().get("error"), str)
+        return
+    content_type = response.headers["content-type"]
+    if content_type.startswith("text/event-stream"):
+        events = [line for line in response.text.splitlines() if line.startswith("data: ")]
+        assert events[-1] == "data: [DONE]" or "error" in json.loads(events[-1].removeprefix("data: "))
+    elif content_type.startswith("application/x-ndjson"):
+        last = json.loads(response.text.strip().splitlines()[-1])
+        assert last.get("done") is True or "error" in last
+    else:
+        assert response.json()
+
+
+def test_the_fuzzed_service_counted_every_answer(fuzzed_service: TestClient) -> None:
+    metrics = fuzzed_service.get("/metrics").text
+    counted = sum(float(line.split()[-1]) for line in metrics.splitlines()
+                  if line.startswith("cookiebaker_requests_total{"))
+    assert counted >= FUZZ.max_examples and 'status="500"' not in metrics
+
+
+# ---- Exports ----
+
+KEYS = ["id", "type", "date", "date_unixtime", "edited", "edited_unixtime", "from", "from_id", "actor", "actor_id",
+        "action", "forwarded_from", "saved_from", "reply_to_message_id", "reply_to_peer_id", "via_bot", "text",
+        "photo", "file", "media_type", "poll", "unknown_key"]
+CHAT_KEYS = ["name", "type", "id"]
+
+
+@st.composite
+def mutated_exports(draw) -> tuple[dict, list[tuple[str, int, int]]]:  # noqa: ANN001
+    """A small valid export, then mutations of its values (a value of another type, a key removed), and maybe
+    of its bytes (truncated, a byte replaced): the export and the byte mutations to apply after writing it."""
+    messages = [msg(i, f"message {i}", date=1_700_000_000 + i, reply_to_message_id=i - 1 if i > 1 else None)
+                for i in range(1, 7)]
+    export = {"name": "Fuzz", "type": "private_group", "id": 1234, "messages": messages}
+    for _ in range(draw(st.integers(1, 4))):
+        if draw(st.booleans()):
+            target, key = messages[draw(st.integers(0, len(messages) - 1))], draw(st.sampled_from(KEYS))
+        else:
+            target, key = export, draw(st.sampled_from(CHAT_KEYS))
+        if draw(st.integers(0, 4)) == 0:
+            target.pop(key, None)
+        else:
+            target[key] = draw(values | st.sampled_from(["not-a-date", "-99999999999", "99999999999", "0x10", "1e3",
+                                                          " 17 ", "hologram", "service", "unsupported"]))
+    byte_mutations = draw(st.lists(st.tuples(st.sampled_from(["truncate", "replace"]), st.integers(0, 10**6),
+                                             st.integers(0, 255)), max_size=1))
+    return export, byte_mutations
+
+
+def _write(path: Path, export: dict, byte_mutations: list[tuple[str, int, int]]) -> None:
+    write_chat(path, export["messages"], chat_id=export.get("id"), name=export.get("name"),
+               chat_type=export.get("type"))
+    data = json.loads(path.read_text())
+    for key in CHAT_KEYS:  # write_chat always writes the chat keys: remove the ones the mutation removed
+        if key not in export:
+            del data[key]
+    raw = json.dumps(data, ensure_ascii=False, indent=1, allow_nan=True).encode()
+    for kind, position, byte in byte_mutations:
+        position %= len(raw)
+        raw = raw[:position] if kind == "truncate" else raw[:position] + bytes([byte]) + raw[position + 1:]
+    path.write_bytes(raw)
+
+
+def _ingest(path: Path, output: Path) -> tuple[str, pl.DataFrame | None]:
+    """Either ('read', table) or ('refused: <one line>', None); any other exception fails the test."""
+    try:
+        report = ingest.run(ingest.IngestConfig(inputs=[str(path)], output=str(output)))
+    except InputFileError as exc:
+        assert not output.exists(), "a refused file left an output"
+        return f"refused: {exc}", None
+    table = pl.read_parquet(output)
+    assert report["rows"] == table.height
+    return "read", table
+
+
+@FUZZ
+@given(case=mutated_exports())
+def test_fuzzed_exports_one_verdict_one_line_no_partial_output(tmp_path: Path, case, monkeypatch) -> None:  # noqa: ANN001
+    import tempfile
+
+    export, byte_mutations = case
+    work = Path(tempfile.mkdtemp(dir=tmp_path))  # one folder per example
+    path = work / "chat.json"
+    _write(path, export, byte_mutations)
+    with monkeypatch.context() as patch:
+        patch.setattr(bulk, "BULK_MIN_BYTES", 1 << 40)
+        exact, exact_table = _ingest(path, work / "exact.parquet")
+    with monkeypatch.context() as patch:
+        patch.setattr(bulk, "BULK_MIN_BYTES", 0)
+        patch.setattr(bulk, "MIN_SPAN_BYTES", 300)
+        through_bulk, bulk_table = _ingest(path, work / "bulk.parquet")
+    assert exact == through_bulk
+    if exact == "read":
+        differences = exact_table.drop("source_file").to_dicts(), bulk_table.drop("source_file").to_dicts()
+        assert differences[0] == differences[1]
+    else:
+        assert "\n" not in exact and str(path) in exact
+        assert "cannot be read (" not in exact, f"a reader failed in a way it does not describe: {exact}"
+    written = {p.name for p in work.iterdir()} - {"chat.json"}
+    assert written <= {"exact.parquet", "exact_ingest.json", "exact.parquet.config.yaml", "bulk.parquet", "bulk_ingest.json",
+                       "bulk.parquet.config.yaml"}, written  # nothing half-written beside the outputs
