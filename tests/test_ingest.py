@@ -118,6 +118,7 @@ def test_folder_of_every_real_export(telegram_dir: Path, tmp_path: Path) -> None
     assert report["files_read"] == len(REAL_FILES) and report["chats"] == 12
     frame = pl.read_parquet(out)
     assert frame.height == report["rows"] == 8411 + 1997 - 6
+    assert report["rows_dropped"] == {"unknown_type": 0, "unreadable_date": 0} and report["edit_dates_cleared"] == 0
     assert frame.select(pl.struct("chat_id", "message_id").is_unique().all()).item()
     assert Path(str(out) + ".config.yaml").is_file()
     assert json.loads((tmp_path / "all_ingest.json").read_text())["rows"] == frame.height

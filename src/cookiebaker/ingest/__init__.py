@@ -37,9 +37,9 @@ class IngestReport(TypedDict):
     duplicate_rows_dropped: int
     rows_dropped: dict[str, int]
     """Rows left out, by reason: ``unknown_type`` (not message, service or unsupported) and ``unreadable_date``
-    (a message or service entry whose date is missing, unreadable or outside 2000–2100)."""
+    (a message or service entry whose date is missing, unreadable or outside 2000–2999)."""
     edit_dates_cleared: int
-    """Edit dates that were unreadable or outside 2000–2100, read as "not edited"."""
+    """Edit dates that were unreadable or outside 2000–2999, read as "not edited"."""
     files: list[str]
     skipped: list[dict[str, str]]
 
@@ -108,7 +108,7 @@ def read_export(path: str | Path) -> pl.DataFrame:
 
 
 #: Send and edit times outside these years are unreadable values, not dates (Telegram began in 2013).
-DATE_RANGE = (datetime(2000, 1, 1, tzinfo=timezone.utc), datetime(2100, 1, 1, tzinfo=timezone.utc))
+DATE_RANGE = (datetime(2000, 1, 1, tzinfo=timezone.utc), datetime(3000, 1, 1, tzinfo=timezone.utc))
 
 
 def check_values(frame: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, int], int]:
