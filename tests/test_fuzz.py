@@ -39,6 +39,9 @@ class Counting(Echo):
     def prompt_tokens(self, messages, sampling):  # noqa: ANN001, ANN201
         return sum(len(m["content"]) + 4 for m in self.prepare(messages, sampling))
 
+    def text_tokens(self, text):  # noqa: ANN001, ANN201
+        return len(text)
+
 
 FIELDS = {
     "/webhook/response": ["prompt", "chat_id", "sfw", "client_name", "sender_name"],
@@ -83,7 +86,7 @@ def requests(draw) -> tuple[str, bytes]:  # noqa: ANN001
 @pytest.fixture(scope="module")
 def fuzzed_service(tmp_path_factory):  # noqa: ANN201
     root = tmp_path_factory.mktemp("fuzz_serve")
-    app, _, _ = make_app(root, sfw=Counting(), nsfw=Counting(), history_turns=4)
+    app, _, _ = make_app(root, sfw=Counting(), nsfw=Counting(), history_turns=4, turn_tokens=16)
     return TestClient(app, raise_server_exceptions=False)
 
 

@@ -581,6 +581,46 @@ def test_fit_keeps_the_clients_system_message_while_it_fits() -> None:
         fit_to_context(_conversation([1]), _words, 3)
 
 
+def test_earlier_turns_are_cut_to_their_end_the_newest_is_not() -> None:
+    from cookiebaker.backends import cap_turns
+
+    def count(text: str) -> int:
+        return len(text.split())
+
+    messages = [{"role": "system", "content": "s " * 50}, *_conversation([3, 40, 12, 60])]
+    capped, cut = cap_turns(messages, count, 10)
+    assert cut == 2 and capped[0] == messages[0] and capped[-1] == messages[-1]
+    for before, after in zip(messages[1:-1], capped[1:-1]):
+        assert before["content"].endswith(after["content"]) and count(after["content"]) <= 10
+        longer = before["content"][-(len(after["content"]) + 1):]
+        assert count(longer) > 10 or longer == before["content"]
+
+
+class Counting(Echo):
+    """Echo with a context: one token per word, four per message."""
+
+    context_length = 1000
+
+    def prompt_tokens(self, messages, sampling):  # noqa: ANN001, ANN201
+        return _words(self.prepare(messages, sampling))
+
+    def text_tokens(self, text):  # noqa: ANN001, ANN201
+        return len(text.split())
+
+
+def test_a_poisoned_chat_heals_one_huge_message_is_cut_in_history(tmp_path: Path) -> None:
+    app, sfw, _ = make_app(tmp_path, sfw=Counting(), max_tokens=100, turn_tokens=20)
+    client = TestClient(app)
+    poison = {"prompt": "apple " * 2500 + "?", "chat_id": "poison", "client_name": "pz"}
+    assert client.post("/webhook/response", json=poison).status_code == 200
+    assert sfw.seen[-1][-1]["content"].endswith("apple ?") and len(sfw.seen[-1][-1]["content"].split()) < 900
+    assert client.post("/webhook/response", json={**poison, "prompt": "pizza tonight?"}).status_code == 200
+    sent = sfw.seen[-1]
+    assert sent[-1]["content"] == "pizza tonight?" and all(len(m["content"].split()) <= 20 for m in sent[:-1])
+    metrics = client.get("/metrics").text
+    assert 'cookiebaker_context_cut_total{model="cookiebaker-sfw",part="text"} 3.0' in metrics
+
+
 def test_llama_prompt_count_equals_what_llama_cpp_reads(tiny_gguf: Path) -> None:
     """Oracle: the backend's count of a prompt equals the prompt tokens llama.cpp reports for it."""
     from cookiebaker.backends import open_backend

@@ -96,12 +96,21 @@ class Backend:
         """How many tokens the prompt for ``messages`` is, as the model is given it."""
         raise NotImplementedError
 
-    def fit(self, messages: list[dict], sampling: Sampling) -> Fitted:
-        """``messages`` cut to leave the reply room in the context (``max_tokens``, at most half of it)."""
+    def text_tokens(self, text: str) -> int:
+        """How many tokens a text is on its own."""
+        raise NotImplementedError
+
+    def fit(self, messages: list[dict], sampling: Sampling, turn_tokens: int | None = None) -> Fitted:
+        """``messages`` cut to leave the reply room in the context (``max_tokens``, at most half of it), each
+        earlier turn first cut to its last ``turn_tokens`` tokens (one huge message must not crowd out the chat:
+        a small model answers nothing after one)."""
         if self.context_length is None:
             return Fitted(messages)
+        capped, cut = (messages, 0) if turn_tokens is None else cap_turns(messages, self.text_tokens, turn_tokens)
         budget = self.context_length - min(sampling.max_tokens, self.context_length // 2) - PROMPT_MARGIN
-        return fit_to_context(messages, lambda candidate: self.prompt_tokens(candidate, sampling), budget)
+        fitted = fit_to_context(capped, lambda candidate: self.prompt_tokens(candidate, sampling), budget)
+        fitted.cut += cut
+        return fitted
 
     async def complete(self, messages: list[dict], sampling: Sampling) -> str:
         async with contextlib.aclosing(self.stream(messages, sampling)) as pieces:  # cancelled: the generation stops
@@ -144,6 +153,20 @@ def fit_to_context(messages: list[dict], count: Callable[[list[dict]], int], bud
             content = text[-end:] if end else ""
             return Fitted([*head, {**newest, "content": content}], dropped=len(messages) - 1 - len(head), cut=1)
     raise ContextOverflow(f"the system prompt alone is over the {budget} tokens the context leaves for a prompt")
+
+
+def cap_turns(messages: list[dict], count: Callable[[str], int], limit: int) -> tuple[list[dict], int]:
+    """Every turn but the newest (and the system messages) cut to its last ``limit`` tokens; how many were cut."""
+    capped, cut = [], 0
+    for index, message in enumerate(messages):
+        text = message["content"]
+        if index == len(messages) - 1 or message["role"] == "system" or len(text) <= limit or count(text) <= limit:
+            capped.append(message)
+            continue
+        end = _largest(len(text), lambda c: count(text[-c:]) <= limit)
+        capped.append({**message, "content": text[-end:] if end else ""})
+        cut += 1
+    return capped, cut
 
 
 def _largest(high: int, fits: Callable[[int], bool]) -> int:
@@ -253,6 +276,9 @@ class LlamaCppBackend(Backend):
     def _tokens(self, text: str) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
+    def text_tokens(self, text: str) -> int:
+        return len(self._tokens(text))
+
     def _request(self, messages: list[dict], sampling: Sampling, stream: bool) -> dict:
         return {"messages": self.prepare(messages, sampling), "temperature": sampling.temperature,
                 "top_p": sampling.top_p, "stop": sampling.stop or None, "max_tokens": sampling.max_tokens,
@@ -305,6 +331,9 @@ class TransformersBackend(Backend):
         self.default = sampling
         self.context_length = getattr(self.model.config, "max_position_embeddings", None)
         self.system_role = supports_system_role(self.tokenizer)
+
+    def text_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def prompt_tokens(self, messages: list[dict], sampling: Sampling) -> int:
         ids = self.tokenizer.apply_chat_template(self.prepare(messages, sampling), add_generation_prompt=True,

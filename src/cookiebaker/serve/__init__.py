@@ -48,6 +48,10 @@ class ServeConfig(StageConfig):
     context_tokens: int = Field(4096, ge=256)
     """Context window a GGUF is loaded with, prompt and reply together. Longer prompts and histories are cut to
     fit it (the oldest turns first, keeping the newest), counted in /metrics as cookiebaker_context_cut."""
+    turn_tokens: int = Field(200, ge=16)
+    """Longest an earlier turn of a chat is sent as, in tokens (its end kept), so that one huge message cannot
+    crowd the chat out of the context (after one of 1,000 tokens the demo's model answered in fragments; cut to
+    218 it answered normally). Counted in cookiebaker_context_cut{part="text"}."""
     temperature: float | None = Field(None, ge=0)
     """Override the Modelfile's temperature for every request."""
     top_p: float | None = Field(None, gt=0, le=1)
@@ -95,7 +99,7 @@ def build_app(config: ServeConfig, backends: dict | None = None):  # noqa: ANN20
     return create_app(backends=backends, samplings=samplings, store=store, history_turns=config.history_turns,
                       api_key=os.environ.get("COOKIEBAKER_API_KEY") or None, max_body_bytes=config.max_body_bytes,
                       queue_size=config.queue_size, timeout=config.timeout_seconds,
-                      max_tokens_limit=config.max_tokens_limit)
+                      max_tokens_limit=config.max_tokens_limit, turn_tokens=config.turn_tokens)
 
 
 def run(config: ServeConfig) -> None:

@@ -29,8 +29,10 @@ class Responders:
     """The models, each with a bounded queue and a generation timeout."""
 
     def __init__(self, backends: dict[str, Backend], samplings: dict[str, Sampling], queue_size: int,
-                 timeout: float, registry: CollectorRegistry, max_tokens_limit: int = 4096) -> None:
+                 timeout: float, registry: CollectorRegistry, max_tokens_limit: int = 4096,
+                 turn_tokens: int | None = None) -> None:
         self.backends, self.samplings, self.max_tokens_limit = backends, samplings, max_tokens_limit
+        self.turn_tokens = turn_tokens
         self.queue_size, self.timeout = queue_size, timeout
         self.pending = dict.fromkeys(backends, 0)
         self.depth = Gauge("cookiebaker_queue_depth", "Requests waiting or generating", ["model"], registry=registry)
@@ -75,7 +77,7 @@ class Responders:
     async def fitted(self, model: str, messages: list[dict], sampling: Sampling) -> list[dict]:
         """The messages cut to fit the model's context, keeping the newest turns; what was cut is counted."""
         try:
-            fit = await asyncio.to_thread(self.backends[model].fit, messages, sampling)
+            fit = await asyncio.to_thread(self.backends[model].fit, messages, sampling, self.turn_tokens)
         except ContextOverflow as exc:
             raise HTTPProblem(413, str(exc)) from None
         if fit.dropped or fit.cut:
