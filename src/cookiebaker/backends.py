@@ -69,7 +69,8 @@ class Fitted:
     dropped: int = 0
     """Messages left out (the oldest turns, then the client's system messages)."""
     cut: int = 0
-    """Messages whose text was cut, keeping its end (0 or 1: the newest)."""
+    """Messages whose text was cut, keeping its end (earlier turns over the turn limit, and the newest when it
+    alone is too long)."""
 
 
 class Backend:
@@ -103,7 +104,7 @@ class Backend:
     def fit(self, messages: list[dict], sampling: Sampling, turn_tokens: int | None = None) -> Fitted:
         """``messages`` cut to leave the reply room in the context (``max_tokens``, at most half of it), each
         earlier turn first cut to its last ``turn_tokens`` tokens (one huge message must not crowd out the chat:
-        a small model answers nothing after one)."""
+        a small model answers in fragments after one)."""
         if self.context_length is None:
             return Fitted(messages)
         capped, cut = (messages, 0) if turn_tokens is None else cap_turns(messages, self.text_tokens, turn_tokens)
@@ -160,7 +161,8 @@ def cap_turns(messages: list[dict], count: Callable[[str], int], limit: int) -> 
     capped, cut = [], 0
     for index, message in enumerate(messages):
         text = message["content"]
-        if index == len(messages) - 1 or message["role"] == "system" or len(text) <= limit or count(text) <= limit:
+        short = len(text.encode("utf-8")) < limit  # a token covers a byte or more (and one may lead with a space)
+        if index == len(messages) - 1 or message["role"] == "system" or short or count(text) <= limit:
             capped.append(message)
             continue
         end = _largest(len(text), lambda c: count(text[-c:]) <= limit)
