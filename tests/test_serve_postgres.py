@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -15,17 +14,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import free_port
 from fastapi.testclient import TestClient
 from test_serve import Echo
 
 from cookiebaker.serve import ServeConfig, build_app
 from cookiebaker.serve.history import HistoryStore
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _server_binary(name: str) -> str | None:
@@ -59,7 +53,7 @@ def postgres_url():  # noqa: ANN201
     data = root / "data"
     if as_user:
         shutil.chown(root, "postgres")
-    port = _free_port()
+    port = free_port()
     run = lambda *args: subprocess.run([*as_user, *args], check=True, capture_output=True, text=True)  # noqa: E731
     run(initdb, "-D", str(data), "-A", "trust", "-U", "postgres")
     run(pg_ctl, "-D", str(data), "-l", str(root / "log"), "-w", "-o",
@@ -128,7 +122,7 @@ def test_history_keeps_every_answered_turn_through_kill_9(postgres_url: str, tin
     answers 503 with a JSON error."""
     import threading
 
-    port = _free_port()
+    port = free_port()
     answered: list[str] = []
     service = _serve(tiny_gguf, port, postgres_url, tmp_path)
     try:

@@ -246,28 +246,19 @@ class LlamaCppBackend(Backend):
     def __init__(self, gguf: Path, sampling: Sampling, n_ctx: int = 4096) -> None:
         from llama_cpp import Llama
 
+        from cookiebaker.chat import supports_system_role
+        from cookiebaker.gguf_scoring import chat_template_of
+
         self.description = f"gguf:{gguf.name}"
         self.gguf = gguf
         self.llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=os.cpu_count() or 2, verbose=False)
         self.lock = threading.Lock()  # one generation at a time per model: llama.cpp contexts are not thread-safe
         self.default = sampling
         self.context_length = self.llm.n_ctx()
-        self.template = self._template()
+        self.template = chat_template_of(self.llm)  # to count a prompt's tokens as llama.cpp renders it
         if self.template is not None:
-            from cookiebaker.chat import supports_system_role
-
             self.system_role = supports_system_role(self.template)
         self._scorer = None
-
-    def _template(self):  # noqa: ANN202
-        """The GGUF's chat template, to count a prompt's tokens as llama.cpp renders it (None: the GGUF has none)."""
-        from cookiebaker.gguf_scoring import ChatTemplate
-
-        template = self.llm.metadata.get("tokenizer.chat_template")
-        if not template:
-            return None
-        text_of = self.llm._model.token_get_text
-        return ChatTemplate(template, eos=text_of(self.llm.token_eos()), bos=text_of(self.llm.token_bos()))
 
     def prompt_tokens(self, messages: list[dict], sampling: Sampling) -> int:
         prepared = self.prepare(messages, sampling)

@@ -31,17 +31,24 @@ class ChatTemplate:
         return render(messages=messages).prompt
 
 
+def chat_template_of(llm) -> ChatTemplate | None:  # noqa: ANN001
+    """A loaded GGUF's own chat template (None: the GGUF has none)."""
+    template = llm.metadata.get("tokenizer.chat_template")
+    if not template:
+        return None
+    text_of = llm._model.token_get_text
+    return ChatTemplate(template, eos=text_of(llm.token_eos()), bos=text_of(llm.token_bos()))
+
+
 class GgufScorer:
     def __init__(self, gguf: Path, n_ctx: int = 1024) -> None:
         from llama_cpp import Llama
 
         self.llm = Llama(model_path=str(gguf), n_ctx=n_ctx, logits_all=True, n_threads=os.cpu_count() or 2,
                          verbose=False)
-        template = self.llm.metadata.get("tokenizer.chat_template")
-        if not template:
+        self.template = chat_template_of(self.llm)
+        if self.template is None:
             raise ModelError(f"{gguf} has no chat template: cannot render samples to score them")
-        text_of = self.llm._model.token_get_text
-        self.template = ChatTemplate(template, eos=text_of(self.llm.token_eos()), bos=text_of(self.llm.token_bos()))
         self.system_role = supports_system_role(self.template)
         self.n_ctx = n_ctx
 

@@ -97,9 +97,7 @@ def read_export(path: str | Path) -> pl.DataFrame:
     path = Path(path)
     try:
         return reader_for(path).read(path)
-    except InputFileError:
-        raise
-    except (MemoryError, KeyboardInterrupt):
+    except (InputFileError, MemoryError):
         raise
     except Exception as exc:  # a reader's bug must still name the file, and never end in a traceback
         log.debug("reading %s failed", path, exc_info=exc)
@@ -114,19 +112,17 @@ DATE_RANGE = (datetime(2000, 1, 1, tzinfo=timezone.utc), datetime(3000, 1, 1, tz
 def check_values(frame: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, int], int]:
     """Rows whose values cannot be used are left out and counted by reason; unreadable edit dates are cleared
     and counted. The same rules for every reader, after it."""
-    low, high = DATE_RANGE
     unknown_type = ~pl.col("kind").is_in(KINDS)
-    dated = pl.col("date").is_between(low, high, closed="left").fill_null(False)
+    dated = pl.col("date").is_between(*DATE_RANGE, closed="left").fill_null(False)
     unreadable_date = ~unknown_type & (pl.col("kind") != "unsupported") & ~dated
+    edit_readable = pl.col("edited").is_between(*DATE_RANGE, closed="left")  # null where not edited
     counts = frame.select(unknown_type.sum().alias("unknown_type"), unreadable_date.sum().alias("unreadable_date"),
-                          (pl.col("edited").is_not_null() & ~pl.col("edited").is_between(low, high, closed="left"))
-                          .sum().alias("edits")).row(0, named=True)
+                          (~edit_readable).sum().alias("edits")).row(0, named=True)
     edits = counts.pop("edits")
     if counts["unknown_type"] or counts["unreadable_date"]:
         frame = frame.filter(~unknown_type & ~unreadable_date)
     if edits:
-        frame = frame.with_columns(pl.when(pl.col("edited").is_between(low, high, closed="left"))
-                                   .then("edited").alias("edited"))
+        frame = frame.with_columns(pl.when(edit_readable).then("edited").alias("edited"))
     return frame, counts, edits
 
 

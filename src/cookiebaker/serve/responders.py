@@ -40,9 +40,7 @@ class Responders:
         self.cuts = Counter("cookiebaker_context_cut", "Messages left out (part=turns) or cut to their end "
                             "(part=text) to fit the model's context", ["model", "part"], registry=registry)
 
-    def resolve(self, name: object) -> str:
-        if not isinstance(name, str):
-            raise HTTPProblem(400, "'model' must be a string (cookiebaker-sfw or cookiebaker-nsfw)")
+    def resolve(self, name: str) -> str:
         model = name.removesuffix(":latest")
         if model not in self.backends:
             raise HTTPProblem(404, f"model '{name}' not found; available: {', '.join(self.backends)}")

@@ -70,7 +70,7 @@ class WebhookRequest(Body):
     """POST /webhook/response."""
 
     prompt: Annotated[str, StringConstraints(min_length=1)]
-    chat_id: Annotated[str, StringConstraints(min_length=1, max_length=KEY_CHARACTERS)] | int
+    chat_id: Annotated[str, StringConstraints(min_length=1)] | int
     sfw: bool = True
     client_name: Annotated[str, StringConstraints(max_length=KEY_CHARACTERS)] | None = None
 
@@ -83,7 +83,7 @@ class WebhookRequest(Body):
 
     @field_validator("chat_id")
     @classmethod
-    def _short(cls, value: str | int) -> str | int:
+    def _short(cls, value: str | int) -> str | int:  # a string or the digits of a number
         if len(str(value)) > KEY_CHARACTERS:
             raise ValueError("too long")
         return value
@@ -97,11 +97,19 @@ class WebhookRequest(Body):
         return self.client_name or "default"
 
 
-class OpenAIChatRequest(Body):
-    """POST /v1/chat/completions."""
+class ChatRequest(Body):
+    """What Ollama's and OpenAI's chat requests share: the model and the messages."""
 
     model: str
     messages: Messages
+
+    def chat_messages(self) -> list[dict[str, str]]:
+        return [message.as_dict() for message in self.messages]
+
+
+class OpenAIChatRequest(ChatRequest):
+    """POST /v1/chat/completions."""
+
     stream: bool = False
     temperature: Temperature | None = None
     top_p: TopP | None = None
@@ -126,11 +134,9 @@ class OllamaOptions(Body):
         return value
 
 
-class OllamaChatRequest(Body):
+class OllamaChatRequest(ChatRequest):
     """POST /api/chat."""
 
-    model: str
-    messages: Messages
     stream: bool = True
     options: OllamaOptions | None = None
 

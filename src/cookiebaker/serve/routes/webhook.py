@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 from fastapi import APIRouter, Request
+from sqlalchemy.exc import SQLAlchemyError
 
 from cookiebaker.serve.responders import NSFW, SFW, HTTPProblem
 from cookiebaker.serve.routes import request_of
@@ -31,8 +32,6 @@ async def webhook(request: Request) -> dict:
 
 async def _history(call, *args):  # noqa: ANN001, ANN002, ANN202
     """A history call in a worker thread; a database that is down or restarting is a 503, not a 500."""
-    from sqlalchemy.exc import SQLAlchemyError
-
     try:
         return await asyncio.to_thread(call, *args)
     except SQLAlchemyError as exc:
