@@ -400,6 +400,65 @@ def test_invalid_utf8_names_its_byte_and_symlink_loops_say_so(tmp_path: Path) ->
         ingest.run(IngestConfig(inputs=[str(tmp_path / "gone.json")], output=str(tmp_path / "m.parquet")))
 
 
+class _RaisingDecoder:
+    """A stand-in for msgspec's decoder that raises what a given msgspec version raises for invalid UTF-8."""
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+    def decode(self, data: object) -> None:
+        raise self.exc
+
+
+# msgspec up to 0.22 raised Python's UnicodeDecodeError for invalid UTF-8 (at an offset inside the string it was
+# decoding); 0.23 raises its own DecodeError with no offset. The verdict must not depend on which.
+UTF8_FAULTS = {
+    "msgspec<=0.22": UnicodeDecodeError("utf-8", b"\xff", 5, 6, "invalid start byte"),
+    "msgspec>=0.23": __import__("msgspec").DecodeError("Invalid UTF-8 encoded string"),
+}
+
+
+@pytest.mark.parametrize("decoder", ["_DECODER", "_MESSAGES_DECODER"])
+@pytest.mark.parametrize("fault", list(UTF8_FAULTS))
+def test_invalid_utf8_verdict_is_the_same_for_every_msgspec(tmp_path: Path, monkeypatch, fault: str,
+                                                            decoder: str) -> None:
+    from cookiebaker.ingest.telegram import decode
+
+    path = write_chat(tmp_path / "chat.json", [msg(1, "x" * 400)])
+    data = bytearray(path.read_bytes())
+    data[317] = 0xFF
+    path.write_bytes(bytes(data))
+    monkeypatch.setattr(decode, decoder, _RaisingDecoder(UTF8_FAULTS[fault]))
+    if decoder == "_MESSAGES_DECODER":  # the file decodes; its messages array does not
+        monkeypatch.setattr(decode, "_DECODER", __import__("msgspec").json.Decoder(decode.ExportRoot))
+        data[317] = ord("x")
+        data[300] = 0xFF  # still inside the text: 300 - the array's start is the offset within the array
+        path.write_bytes(bytes(data))
+    with pytest.raises(ExportFormatError) as raised:
+        read_export(path)
+    expected_byte = 317 if decoder == "_DECODER" else 300
+    assert str(raised.value).endswith(f"not valid UTF-8 (byte {expected_byte}); Telegram Desktop writes UTF-8 JSON")
+
+
+def test_msgspec_still_says_what_the_reader_reads() -> None:
+    """Where msgspec has no exception type for a fault, the reader reads its message: the installed msgspec must
+    still say it (a new msgspec that words it differently fails here, not in a user's error message)."""
+    import msgspec
+
+    from cookiebaker.ingest.telegram import decode
+
+    def message(data: bytes) -> str:
+        with pytest.raises(msgspec.DecodeError) as raised:
+            msgspec.json.decode(data, type=decode.ExportRoot)
+        return str(raised.value)
+
+    assert decode.MSGSPEC_TRUNCATED in message(b'{"name": "x", "messages": [')
+    assert message(b'{"name": x}').startswith(decode.MSGSPEC_MALFORMED_PREFIX)
+    assert issubclass(msgspec.ValidationError, msgspec.DecodeError)
+    with pytest.raises(msgspec.ValidationError, match=r"at `\$\[1\]\.id`$"):  # decode_messages names $.messages[1]
+        msgspec.json.decode(b'[{"id": 1}, {"id": "one"}]', type=list[decode.Message])
+
+
 # ---- Hostile and malformed exports (issue 13, items 6-8): one verdict, whichever reader reads the chat ----
 
 def _nested(depth: int) -> str:

@@ -33,7 +33,7 @@ import polars as pl
 from msgspec import UNSET, UnsetType
 
 from cookiebaker.ingest.telegram.columns import _RARE_MEDIA, bare_peer_id, canonical_peer, peer_number
-from cookiebaker.ingest.telegram.decode import Chat, ExportRoot, Message, message_spans
+from cookiebaker.ingest.telegram.decode import DECODE_ERRORS, Chat, ExportRoot, Message, message_spans
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def locate_single_chat(path: str, source: Source) -> tuple[Chat, int, int] | Non
         return None
     try:
         root = msgspec.json.decode(head[:begin] + b"[]" + buffer[end:], type=ExportRoot)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except DECODE_ERRORS:
         return None
     if root.messages is UNSET or root.id is None or root.chats is not UNSET or root.left_chats is not UNSET:
         return None
@@ -241,7 +241,7 @@ def _refused_by_msgspec(files: list[str]) -> str | None:
     for name in files:
         try:
             _MESSAGES.decode(Path(name).read_bytes())
-        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+        except DECODE_ERRORS as exc:
             return str(exc).splitlines()[0][:200] or type(exc).__name__
     return None
 
@@ -297,7 +297,7 @@ def _null_forwards(buffer: bytes | mmap.mmap, begin: int, end: int, indent: byte
                 raise BulkUnsupported("a null forward is outside any message")
             try:
                 probe = msgspec.json.decode(buffer[start:stop + len(element_end)], type=_NullForward)
-            except (msgspec.DecodeError, UnicodeDecodeError):
+            except DECODE_ERRORS:
                 raise BulkUnsupported("a message around a null forward does not decode on its own") from None
             if probe.forwarded_from is None:
                 forwards.append(probe.id)

@@ -125,45 +125,59 @@ def decode_export(path: str, data: bytes) -> tuple[list[Chat], bytes]:
     data = _sniff(path, data)
     try:
         root = _DECODER.decode(data)
-    except msgspec.DecodeError as exc:
-        message = str(exc)
-        if "invalid escape" in message and b"\\x" in data:
-            try:
-                data = _fix_hex_escapes(data)
-                root = _DECODER.decode(data)
-            except (msgspec.DecodeError, UnicodeDecodeError) as retry_exc:
-                raise _describe_decode_error(path, retry_exc, data) from None
-        else:
+    except DECODE_ERRORS as exc:
+        if b"\\x" not in data or isinstance(exc, RecursionError):
             raise _describe_decode_error(path, exc, data) from None
-    except (UnicodeDecodeError, RecursionError) as exc:
-        raise _describe_decode_error(path, exc, data) from None
+        try:  # Telegram Desktop's \xHH escapes: repaired, then decoded once more
+            data = _fix_hex_escapes(data)
+            root = _DECODER.decode(data)
+        except DECODE_ERRORS as retry_exc:
+            raise _describe_decode_error(path, retry_exc, data) from None
     return _chats_of(path, root), data
 
 
-def _first_invalid_byte(data: bytes | None, fallback: int) -> int:
-    """Where the file stops being UTF-8 (msgspec reports the offset within the string it was decoding)."""
+#: Everything msgspec raises for bytes it cannot decode. Which one a fault gives depends on msgspec's version
+#: (invalid UTF-8 was a UnicodeDecodeError up to 0.22 and is a DecodeError since 0.23): the verdict below never
+#: depends on the type, only on the bytes.
+DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+
+
+def first_invalid_utf8(data: bytes | memoryview | None) -> int | None:
+    """The offset of the first byte where ``data`` stops being UTF-8, or None when it is valid UTF-8."""
     try:
         bytes(data or b"").decode("utf-8")
     except UnicodeDecodeError as exc:
         return exc.start
-    return fallback
+    return None
 
 
-def _describe_decode_error(path: str, exc: Exception, data: bytes | None = None) -> InputFileError:
+#: What msgspec's messages say where it has no exception type of its own for the fault (checked against the
+#: installed msgspec by tests/test_ingest.py::test_msgspec_still_says_what_the_reader_reads).
+MSGSPEC_TRUNCATED = "truncated"
+MSGSPEC_MALFORMED_PREFIX = "JSON is malformed: "
+
+
+def _describe_decode_error(path: str, exc: Exception, data: bytes | memoryview | None = None,
+                           offset: int = 0) -> InputFileError:
+    """One line for a file msgspec refused, decided from the bytes where they tell (UTF-8, the top level) and
+    from msgspec's exception otherwise. ``data`` starts at byte ``offset`` of the file."""
     if isinstance(exc, RecursionError):
         return ExportFormatError(path, f"the JSON nests too deeply (over about {sys.getrecursionlimit()} levels); "
                                        "Telegram Desktop never nests more than a few")
-    if isinstance(exc, UnicodeDecodeError):
-        return ExportFormatError(path, f"the file is not valid UTF-8 (byte {_first_invalid_byte(data, exc.start)}); "
+    invalid = first_invalid_utf8(data) if data is not None else None
+    if invalid is None and isinstance(exc, UnicodeDecodeError):  # no bytes to look at: the exception's own offset
+        invalid = exc.start
+    if invalid is not None:
+        return ExportFormatError(path, f"the file is not valid UTF-8 (byte {offset + invalid}); "
                                        "Telegram Desktop writes UTF-8 JSON")
     message = str(exc)
     if isinstance(exc, msgspec.ValidationError):
-        if message.startswith("Expected `object`") and "at `" not in message:
+        if data is not None and offset == 0 and not bytes(data[:64]).lstrip().startswith(b"{"):
             return ExportFormatError(path, "this JSON is not a Telegram Desktop export (the top level is not an object)")
         return ExportFormatError(path, f"this JSON is not a valid Telegram Desktop export: {message}")
-    if "truncated" in message:
+    if MSGSPEC_TRUNCATED in message:
         return ExportFormatError(path, "the JSON ends early: the file is truncated (copy or export it again)")
-    return ExportFormatError(path, f"the file is not valid JSON: {message.removeprefix('JSON is malformed: ')}")
+    return ExportFormatError(path, f"the file is not valid JSON: {message.removeprefix(MSGSPEC_MALFORMED_PREFIX)}")
 
 
 def _chats_of(path: str, root: ExportRoot) -> list[Chat]:
@@ -225,7 +239,7 @@ def decode_slice(piece: bytes | memoryview) -> list[Message]:
     valid on its own."""
     try:
         return _MESSAGES_DECODER.decode(piece)
-    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+    except DECODE_ERRORS:
         raise SliceMismatch from None
 
 
@@ -234,10 +248,7 @@ def decode_messages(path: str, messages: Raw, offset: int = 0) -> list[Message]:
     message that points at the bad message or byte."""
     try:
         return _MESSAGES_DECODER.decode(messages)
-    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+    except DECODE_ERRORS as exc:
         if isinstance(exc, msgspec.ValidationError):
             exc = msgspec.ValidationError(str(exc).replace("at `$", "at `$.messages", 1))
-        if isinstance(exc, UnicodeDecodeError):
-            where = offset + _first_invalid_byte(bytes(messages), exc.start)
-            exc = UnicodeDecodeError("utf-8", b"", where, where + 1, "invalid start byte")
-        raise _describe_decode_error(path, exc) from None
+        raise _describe_decode_error(path, exc, memoryview(messages), offset) from None
