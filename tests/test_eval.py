@@ -12,10 +12,11 @@ from conftest import run_cli
 from cookiebaker import eval as evaluation
 from cookiebaker.chat import sample_digest, sample_keys, samples_to_messages
 from cookiebaker.errors import DatasetError
+from cookiebaker.quality import MEASURES
 from cookiebaker.train import split_indices
 
-MEASURES = {"loss", "echo_rate", "loop_rate", "empty_rate", "stop_rate", "template_leak_rate", "distinct_2",
-            "mean_reply_words"}
+MODEL_MEASURES = {m.name for m in MEASURES}
+REAL_MEASURES = {m.name for m in MEASURES if m.of_real}
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +55,12 @@ def test_eval_merged_folder_against_its_base(tiny_merged: Path, tiny_gemma: Path
                                                   base_model=str(tiny_gemma), max_samples=4, max_new_tokens=8))
     assert report["generated"] == 4 and report["leaked"] == 0
     assert set(report) == set(evaluation.EvalReport.__annotations__)
-    assert MEASURES <= set(report["tuned"]) and MEASURES <= set(report["base"])
-    assert {"mean_reply_words", "distinct_2"} <= set(report["real"])
+    assert MODEL_MEASURES <= set(report["tuned"]) and MODEL_MEASURES <= set(report["base"])
+    assert REAL_MEASURES - {"loss"} <= set(report["real"]) and not {"style_auc", "stop_rate"} & set(report["real"])
+    assert report["hit_chance"] == 0.125
+    for name in ("tuned", "base"):
+        assert 0 <= report[name]["context_hit"] <= 1 and 0 <= report[name]["judge_hit"] <= 1
+    assert report["real"]["judge_hit"] == report["base"]["context_hit"]  # the same scores: base, real replies
     assert report["tuned"]["loss"] < report["base"]["loss"]  # trained on the chat's style
     assert report["sampling"]["seed"] == 0 and report["sampling"]["max_tokens"] == 8
     assert json.loads(output.read_text()) == json.loads(json.dumps(report))
@@ -65,6 +70,8 @@ def test_eval_merged_folder_against_its_base(tiny_merged: Path, tiny_gemma: Path
     again = evaluation.run(evaluation.EvalConfig(model=str(tiny_merged), data=str(demo_pairs),
                                                  output=str(tmp_path / "again.json"), base_model="none",
                                                  max_samples=4, max_new_tokens=8))
+    assert again["tuned"]["judge_hit"] is None and again["real"]["judge_hit"] is None  # no base, no judge
+    del again["tuned"]["judge_hit"], report["tuned"]["judge_hit"]
     assert again["tuned"] == report["tuned"] and "base" not in again  # a fixed seed: the same replies
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
-from conftest import REPO, free_port, serve_in_thread
+from conftest import REPO, free_port, missing, serve_in_thread
 
 from cookiebaker.serve import ServeConfig, build_app
 
@@ -55,9 +55,7 @@ class Recorder:
 @pytest.fixture()
 def n8n_command() -> Path:
     if not N8N.is_file():
-        if os.environ.get("CI"):
-            pytest.fail("n8n is not installed: `make test` runs `make n8n` first")
-        pytest.skip("run `make n8n` first (installs Node 24 and n8n under .n8n/)")
+        missing("n8n", "`make test` runs `make n8n` first (Node 24 and n8n under .n8n/)")
     return N8N
 
 

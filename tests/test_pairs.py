@@ -112,7 +112,7 @@ def test_scrubbing_in_samples_and_report(tmp_path: Path) -> None:
     row = frame.row(0, named=True)
     assert row["query"] == "call me on [PHONE] or mail [EMAIL]"
     assert row["response"] == "my card is [CARD], the order 2023-01-15 12:30"
-    assert report["scrubbed"] == {"email": 1, "card": 1, "phone": 1}
+    assert report["scrubbed"] == {"email": 1, "card": 1, "phone": 1, "name": 0}
     frame, report = make_pairs(tmp_path, [msg(1, "mail bob@example.com", **A), msg(2, "ok", **B, reply_to_message_id=1)],
                                privacy={"scrub_emails": False})
     assert frame["query"].to_list() == ["mail bob@example.com"]
@@ -152,9 +152,12 @@ def test_conversations(tmp_path: Path) -> None:
     ]
     frame, report = make_pairs(tmp_path, messages, mode="conversations")
     convs = frame["messages"].to_list()
-    assert convs[0] == [{"role": "user", "content": "hi all"}, {"role": "assistant", "content": "hey\nwhat's up"},
-                        {"role": "user", "content": "not much"}, {"role": "assistant", "content": "cool"}]
-    assert convs[1] == [{"role": "user", "content": "morning"}, {"role": "assistant", "content": "morning!"}]
+    assert [{k: t[k] for k in ("role", "content")} for t in convs[0]] == [
+        {"role": "user", "content": "hi all"}, {"role": "assistant", "content": "hey\nwhat's up"},
+        {"role": "user", "content": "not much"}, {"role": "assistant", "content": "cool"}]
+    assert [{k: t[k] for k in ("role", "content")} for t in convs[1]] == [
+        {"role": "user", "content": "morning"}, {"role": "assistant", "content": "morning!"}]
+    assert {t["speaker"] for conv in convs for t in conv} == {None}  # speakers: none (the default)
     assert len(convs) == 2 and report["sessions"] == 3 and report["sessions_without_exchange"] == 1
     assert report["dropped"]["not_a_message"] == 1 and "messages_dropped" not in report
     for conv in convs:
@@ -210,3 +213,119 @@ def test_bad_messages_table(tmp_path: Path) -> None:
     (tmp_path / "text.parquet").write_text("hello")
     with pytest.raises(DatasetError, match="not a readable Parquet"):
         pairs.run(PairsConfig(input=str(tmp_path / "text.parquet"), output=str(tmp_path / "o.parquet")))
+
+
+# ---- Context and speakers (issue 19): what the service gives with every message, in the training samples ----
+
+def _thread() -> list[dict]:
+    return [
+        msg(1, "pizza tonight?", **A, date=T0),
+        msg(2, "I'm in, Carol says hi", **C, date=T0 + 30),
+        msg(3, "where?", **B, date=T0 + 60, reply_to_message_id=1),
+        msg(4, "at mine", **A, date=T0 + 90, reply_to_message_id=3),
+        msg(5, "50% off pizza", **C, date=T0 + 100, forwarded_from="Deals"),
+        msg(6, "see you", **B, date=T0 + 120, reply_to_message_id=4),
+        msg(7, "new topic", **C, date=T0 + 10_000),  # after a silence of over an hour: a new session
+        msg(8, "ok", **A, date=T0 + 10_030, reply_to_message_id=7),
+    ]
+
+
+def _contexts(frame: pl.DataFrame) -> dict[str, list[tuple]]:
+    return {row["query"]: [(t["speaker"], t["content"]) for t in row["context"]] for row in frame.iter_rows(named=True)}
+
+
+def test_context_is_the_sessions_messages_before_the_query(tmp_path: Path) -> None:
+    frame, _ = make_pairs(tmp_path, _thread(), context_turns=2, speakers="names")
+    assert _contexts(frame) == {
+        "pizza tonight?": [],
+        "where?": [("Alice", "pizza tonight?"), ("Carol", "I'm in, Carol says hi")],
+        "at mine": [("Carol", "I'm in, Carol says hi"), ("Bob", "where?")],  # at most 2; the forward is no context
+        "new topic": [],  # the silence before it ends the session
+    }
+    assert dict(zip(frame["query"], frame["query_speaker"])) == {"pizza tonight?": "Alice", "where?": "Bob",
+                                                                  "at mine": "Alice", "new topic": "Carol"}
+    frame, _ = make_pairs(tmp_path, _thread(), context_turns=10, speakers="aliases")
+    assert _contexts(frame)["at mine"] == [("Member 1", "pizza tonight?"), ("Member 2", "I'm in, Carol says hi"),
+                                           ("Member 3", "where?")]  # in the order they first wrote
+    frame, _ = make_pairs(tmp_path, _thread(), context_turns=10)
+    assert {s for c in _contexts(frame).values() for s, _ in c} == {None} and set(frame["query_speaker"]) == {None}
+    frame, _ = make_pairs(tmp_path, _thread())  # the default: the query alone
+    assert all(not c for c in _contexts(frame).values())
+
+
+def test_opted_out_senders_are_neither_context_nor_names(tmp_path: Path) -> None:
+    frame, report = make_pairs(tmp_path, _thread(), context_turns=10, speakers="names",
+                               privacy={"opt_out_sender_ids": ["user3"]})
+    contexts = _contexts(frame)
+    assert contexts["at mine"] == [("Alice", "pizza tonight?"), ("Bob", "where?")]
+    assert "new topic" not in contexts  # Carol's message is no query either
+    text = " ".join([*frame["query"], *frame["response"], *(c for turns in contexts.values() for _, c in turns)])
+    assert "Carol" not in text and report["scrubbed"]["name"] == 0  # her only mention was in her own message
+    messages = _thread()
+    messages[2] = msg(3, "where? ask Carol", **B, date=T0 + 60, reply_to_message_id=1)
+    frame, report = make_pairs(tmp_path, messages, context_turns=10, speakers="names",
+                               privacy={"opt_out_sender_ids": ["user3"]})
+    assert "where? ask [NAME]" in frame["query"].to_list() and report["scrubbed"]["name"] == 3  # query, response, context
+
+
+def test_samples_render_speakers_as_the_service_does(tmp_path: Path) -> None:
+    from cookiebaker.chat import normalize, samples_to_messages
+
+    frame, _ = make_pairs(tmp_path, _thread(), context_turns=2, speakers="names")
+    sample = samples_to_messages(frame.filter(pl.col("query") == "at mine"))[0]
+    assert normalize(sample, system_role=True) == [
+        {"role": "user", "content": "Carol: I'm in, Carol says hi\nBob: where?\nAlice: at mine"},
+        {"role": "assistant", "content": "see you"}]  # several people in a row stay several people
+
+
+def test_conversations_keep_speakers(tmp_path: Path) -> None:
+    frame, _ = make_pairs(tmp_path, _thread(), mode="conversations", speakers="names")
+    first = frame["messages"].to_list()[0]
+    assert [(t["role"], t["speaker"]) for t in first][:3] == [("user", "Alice"), ("assistant", "Carol"),
+                                                              ("user", "Bob")]
+    frame, _ = make_pairs(tmp_path, _thread(), mode="conversations", speakers="names", response_sender_ids=["user2"])
+    first = frame["messages"].to_list()[0]
+    assert first[0] == {"role": "user", "content": "Alice: pizza tonight?\nCarol: I'm in, Carol says hi",
+                        "speaker": None}  # merged: each line keeps its speaker
+
+
+def _straightforward_context(messages: pl.DataFrame, pairs_frame: pl.DataFrame, turns: int,
+                             gap_minutes: float) -> list[list[tuple]]:
+    """For each pair, walk back from its query over the chat's eligible messages, one by one."""
+    rows = messages.to_dicts()
+    index = {(r["chat_id"], r["message_id"]): i for i, r in enumerate(rows)}
+
+    def eligible(r: dict) -> bool:
+        return (r["kind"] == "message" and not r["forwarded"] and r["via_bot"] is None and r["text"] != ""
+                and not (r["sender"] or "").lower().rstrip().endswith("bot"))
+
+    out = []
+    for pair in pairs_frame.iter_rows(named=True):
+        q = index[(pair["chat_id"], pair["query_message_id"])]
+        found, newer = [], rows[q]
+        for i in range(q - 1, -1, -1):
+            r = rows[i]
+            if r["chat_id"] != newer["chat_id"] or len(found) == turns:
+                break
+            if not eligible(r):
+                continue
+            if (newer["date"] - r["date"]).total_seconds() > gap_minutes * 60:
+                break
+            found.insert(0, (r["sender"], r["text"]))
+            newer = r
+        out.append(found)
+    return out
+
+
+def test_context_equals_the_straightforward_walk(synth_tool: Path, tmp_path: Path) -> None:
+    path, _ = synth_export(synth_tool, tmp_path / "s.json", 20_000, seed=11)
+    ingest.run(ingest.IngestConfig(inputs=[str(path)], output=str(tmp_path / "m.parquet")))
+    for turns, gap in ((3, 60.0), (10, 5.0)):
+        pairs.run(PairsConfig(input=str(tmp_path / "m.parquet"), output=str(tmp_path / "qa.parquet"),
+                              context_turns=turns, session_gap_minutes=gap, speakers="names",
+                              privacy={"scrub_phone_numbers": False, "scrub_emails": False,
+                                       "scrub_card_numbers": False}))
+        actual = pl.read_parquet(tmp_path / "qa.parquet")
+        expected = _straightforward_context(pl.read_parquet(tmp_path / "m.parquet"), actual, turns, gap)
+        got = [[(t["speaker"], t["content"]) for t in c] for c in actual["context"].to_list()]
+        assert got == expected and sum(map(len, got)) > 1000  # and there is context to compare

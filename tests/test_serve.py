@@ -38,7 +38,8 @@ class Echo(Backend):
 
 def make_app(tmp_path: Path, **options):  # noqa: ANN201
     sfw, nsfw = options.pop("sfw", Echo()), options.pop("nsfw", Echo())
-    config = ServeConfig(sfw_model="x", nsfw_model="y", history_db=str(tmp_path / "h.sqlite3"), **options)
+    options.setdefault("history_db", str(tmp_path / "h.sqlite3"))
+    config = ServeConfig(sfw_model="x", nsfw_model="y", **options)
     return build_app(config, backends={"cookiebaker-sfw": sfw, "cookiebaker-nsfw": nsfw}), sfw, nsfw
 
 
@@ -51,7 +52,8 @@ def test_webhook_routes_by_sfw_and_keeps_history(tmp_path: Path) -> None:
     assert first.json() == {"response": "[1] hi", "command": "", "model": "cookiebaker-sfw"}
     second = client.post("/webhook/response", json={"prompt": "again", "chat_id": 1, "client_name": "bot1", "sfw": True})
     assert second.json()["response"] == "[3] again"
-    assert sfw.seen[-1][:2] == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "[1] hi"}]
+    assert sfw.seen[-1][:2] == [{"role": "user", "content": "hi", "speaker": "Ann"},  # kept with its speaker
+                                {"role": "assistant", "content": "[1] hi"}]
     crude = client.post("/webhook/response", json={"prompt": "oi", "chat_id": 1, "client_name": "bot1", "sfw": False})
     assert crude.json()["model"] == "cookiebaker-nsfw" and len(nsfw.seen) == 1
     # Another client with the same chat id sees none of it.
@@ -60,6 +62,45 @@ def test_webhook_routes_by_sfw_and_keeps_history(tmp_path: Path) -> None:
     for _ in range(5):
         client.post("/webhook/response", json={"prompt": "more", "chat_id": 1, "client_name": "bot1"})
     assert len(sfw.seen[-1]) == 5  # the last 4 turns + the new prompt
+
+
+def test_speakers_are_shown_as_training_rendered_them(tmp_path: Path) -> None:
+    """A webhook's sender_name and an OpenAI message's name become the speaker; the backend renders it with the same
+    function as training (``chat.normalize``), and ``speakers: none`` never shows one."""
+    from cookiebaker.chat import normalize
+
+    app, sfw, _ = make_app(tmp_path)
+    client = TestClient(app)
+    client.post("/webhook/response", json={"prompt": "pizza?", "chat_id": 7, "sender_name": "Marta Quill",
+                                           "sender_id": 42})
+    client.post("/webhook/response", json={"prompt": "where?", "chat_id": 7, "sender_name": "Leo"})
+    assert normalize(sfw.seen[-1], system_role=True) == [
+        {"role": "user", "content": "Marta Quill: pizza?"}, {"role": "assistant", "content": "[1] pizza?"},
+        {"role": "user", "content": "Leo: where?"}]
+    client.post("/v1/chat/completions", json={"model": "cookiebaker-sfw", "messages": [
+        {"role": "user", "content": "hi", "name": "Ann"}, {"role": "user", "content": "yo", "name": "Ben"}]})
+    assert normalize(sfw.seen[-1], system_role=True) == [{"role": "user", "content": "Ann: hi\nBen: yo"}]
+    app, sfw, _ = make_app(tmp_path, speakers="none")
+    client = TestClient(app)
+    client.post("/webhook/response", json={"prompt": "and you?", "chat_id": 8, "sender_name": "Ann"})
+    client.post("/v1/chat/completions", json={"model": "cookiebaker-sfw", "messages": [
+        {"role": "user", "content": "hi", "name": "Ann"}]})
+    assert all("speaker" not in m for seen in sfw.seen for m in seen)
+
+
+def test_a_history_database_of_an_earlier_version_gets_the_new_columns(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as db:  # the table as cookiebaker 0.1 wrote it
+        db.execute("CREATE TABLE cookiebaker_turns (id INTEGER PRIMARY KEY, client_name VARCHAR(200), "
+                   "chat_id VARCHAR(200), role VARCHAR(16), content TEXT, created_at DATETIME)")
+        db.execute("INSERT INTO cookiebaker_turns (client_name, chat_id, role, content) VALUES ('k', 'c', 'user', 'hi')")
+    app, sfw, _ = make_app(tmp_path, history_db=str(path))
+    reply = TestClient(app).post("/webhook/response", json={"prompt": "again", "chat_id": "c", "client_name": "k",
+                                                           "sender_name": "Ann"})
+    assert reply.status_code == 200
+    assert sfw.seen[-1] == [{"role": "user", "content": "hi"}, {"role": "user", "content": "again", "speaker": "Ann"}]
 
 
 def test_history_survives_a_restart(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import free_port
+from conftest import free_port, missing
 from fastapi.testclient import TestClient
 from test_serve import Echo
 
@@ -35,19 +35,17 @@ def _server_binary(name: str) -> str | None:
 def postgres_url():  # noqa: ANN201
     initdb, pg_ctl = _server_binary("initdb"), _server_binary("pg_ctl")
     if not (initdb and pg_ctl):
-        if os.environ.get("CI"):
-            pytest.fail("no PostgreSQL server binaries: .ci/run installs Debian's postgresql")
-        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl) on this machine")
+        missing("PostgreSQL's server (initdb, pg_ctl)", "`make test` installs Debian's postgresql")
     as_user: list[str] = []
     if os.geteuid() == 0:
         if not shutil.which("runuser"):
-            pytest.skip("running as root without runuser: PostgreSQL refuses to start as root")
+            missing("runuser", "PostgreSQL refuses to start as root; Debian's util-linux has runuser")
         try:
             import pwd
 
             pwd.getpwnam("postgres")
         except KeyError:
-            pytest.skip("running as root and there is no 'postgres' user to start the server as")
+            missing("the 'postgres' user", "running as root, the server starts as it; Debian's postgresql creates it")
         as_user = ["runuser", "-u", "postgres", "--"]
     root = Path(tempfile.mkdtemp(prefix="cookiebaker-pg-"))
     data = root / "data"

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cookiebaker.chat import cap_turns, largest_fitting
 from cookiebaker.errors import ModelError
 from cookiebaker.quality import Reply
 
@@ -126,6 +127,12 @@ class Backend:
         and how many tokens that is, the prompt rendered as ``reply`` renders it."""
         raise ModelError(f"{self.description} cannot score text (no access to its logits)")
 
+    def score_replies(self, prompts: list[list[dict]], requests: list[tuple[int, str]],
+                      max_length: int) -> list[float]:
+        """Per request (prompt index, reply text): the log-likelihood of the reply (with its end-of-turn) as the
+        answer to that prompt. Requests that share a prompt are scored together."""
+        raise ModelError(f"{self.description} cannot score text (no access to its logits)")
+
     async def stream(self, messages: list[dict], sampling: Sampling) -> AsyncIterator[str]:
         raise NotImplementedError
         yield ""  # pragma: no cover
@@ -141,7 +148,7 @@ def fit_to_context(messages: list[dict], count: Callable[[list[dict]], int], bud
         return Fitted(messages)
     system = list(itertools.takewhile(lambda m: m["role"] == "system", messages[:-1]))
     turns = messages[len(system):]
-    keep = _largest(len(turns), lambda k: count(system + turns[-k:]) <= budget)
+    keep = largest_fitting(len(turns), lambda k: count(system + turns[-k:]) <= budget)
     if keep:
         kept = turns[-keep:]
         if keep > 1 and kept[0]["role"] == "assistant":  # a conversation starts with the user's turn
@@ -149,38 +156,11 @@ def fit_to_context(messages: list[dict], count: Callable[[list[dict]], int], bud
         return Fitted(system + kept, dropped=len(turns) - len(kept))
     newest, text = turns[-1], turns[-1]["content"]
     for head in (system, []):
-        end = _largest(len(text), lambda c: count([*head, {**newest, "content": text[-c:]}]) <= budget)
+        end = largest_fitting(len(text), lambda c: count([*head, {**newest, "content": text[-c:]}]) <= budget)
         if end or count([*head, {**newest, "content": ""}]) <= budget:
             content = text[-end:] if end else ""
             return Fitted([*head, {**newest, "content": content}], dropped=len(messages) - 1 - len(head), cut=1)
     raise ContextOverflow(f"the system prompt alone is over the {budget} tokens the context leaves for a prompt")
-
-
-def cap_turns(messages: list[dict], count: Callable[[str], int], limit: int) -> tuple[list[dict], int]:
-    """Every turn but the newest (and the system messages) cut to its last ``limit`` tokens; how many were cut."""
-    capped, cut = [], 0
-    for index, message in enumerate(messages):
-        text = message["content"]
-        short = len(text.encode("utf-8")) < limit  # a token covers a byte or more (and one may lead with a space)
-        if index == len(messages) - 1 or message["role"] == "system" or short or count(text) <= limit:
-            capped.append(message)
-            continue
-        end = _largest(len(text), lambda c: count(text[-c:]) <= limit)
-        capped.append({**message, "content": text[-end:] if end else ""})
-        cut += 1
-    return capped, cut
-
-
-def _largest(high: int, fits: Callable[[int], bool]) -> int:
-    """The largest n in 1..high with fits(n) (fits is monotone: true up to some n), or 0 if none."""
-    low = 0
-    while low < high:
-        middle = (low + high + 1) // 2
-        if fits(middle):
-            low = middle
-        else:
-            high = middle - 1
-    return low
 
 
 def _with_system(messages: list[dict], sampling: Sampling) -> list[dict]:
@@ -283,11 +263,24 @@ class LlamaCppBackend(Backend):
         return Reply(choice["message"].get("content") or "", choice.get("finish_reason"))
 
     def score(self, conversations: list[list[dict]], max_length: int) -> list[tuple[float, int]]:
+        return [self._scorer_for(max_length).score(_with_system(messages, self.default)) for messages in conversations]
+
+    def score_replies(self, prompts: list[list[dict]], requests: list[tuple[int, str]],
+                      max_length: int) -> list[float]:
+        scorer = self._scorer_for(max_length)
+        scores = [0.0] * len(requests)
+        for prompt, members in _by_prompt(requests).items():
+            values = scorer.score_replies(_with_system(prompts[prompt], self.default), [text for _, text in members])
+            for (index, _), value in zip(members, values):
+                scores[index] = value
+        return scores
+
+    def _scorer_for(self, max_length: int):  # noqa: ANN202
         from cookiebaker.gguf_scoring import GgufScorer
 
-        if self._scorer is None:  # a second context that keeps every position's logits (serving needs none)
+        if self._scorer is None:  # a context of its own, with several sequences (serving's has one)
             self._scorer = GgufScorer(self.gguf, n_ctx=max_length)
-        return [self._scorer.score(_with_system(messages, self.default)) for messages in conversations]
+        return self._scorer
 
     def stream(self, messages: list[dict], sampling: Sampling) -> AsyncIterator[str]:
         def generate(stop: threading.Event) -> Iterator[str]:
@@ -387,6 +380,30 @@ class TransformersBackend(Backend):
                 results.append((float(total), int((labels != IGNORE).sum())))
         return results
 
+    def score_replies(self, prompts: list[list[dict]], requests: list[tuple[int, str]],
+                      max_length: int) -> list[float]:
+        """The replies to one prompt in one padded forward."""
+        import torch
+
+        from cookiebaker.chat import IGNORE, encode, normalize
+
+        scores = [0.0] * len(requests)
+        with self.lock, torch.no_grad():
+            for prompt, members in _by_prompt(requests).items():
+                messages = normalize(prompts[prompt], self.system_role)
+                samples = [encode(self.tokenizer, [*messages, {"role": "assistant", "content": text}], max_length,
+                                  last_only=True) for _, text in members]
+                width = max(len(sample.input_ids) for sample in samples)
+                ids = torch.tensor([s.input_ids + [0] * (width - len(s.input_ids)) for s in samples])
+                mask = torch.tensor([[1] * len(s.input_ids) + [0] * (width - len(s.input_ids)) for s in samples])
+                labels = torch.tensor([s.labels + [IGNORE] * (width - len(s.labels)) for s in samples])[:, 1:]
+                logits = self.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+                nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE,
+                                                        reduction="none").sum(dim=1)
+                for (index, _), value in zip(members, nll.tolist()):
+                    scores[index] = -value
+        return scores
+
     def stream(self, messages: list[dict], sampling: Sampling) -> AsyncIterator[str]:
         from transformers import TextIteratorStreamer
 
@@ -476,6 +493,14 @@ class OllamaBackend(Backend):
             (await self.client.get("/api/version")).raise_for_status()
         except httpx.HTTPError:
             raise BackendUnavailable(f"Ollama at {self.host} is not answering") from None
+
+
+def _by_prompt(requests: list[tuple[int, str]]) -> dict[int, list[tuple[int, str]]]:
+    """Requests (prompt index, reply) grouped by prompt, each kept with its position in ``requests``."""
+    groups: dict[int, list[tuple[int, str]]] = {}
+    for index, (prompt, text) in enumerate(requests):
+        groups.setdefault(prompt, []).append((index, text))
+    return groups
 
 
 def open_backend(reference: str, n_ctx: int = 4096) -> Backend:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,19 +37,28 @@ def supports_system_role(tokenizer: Any) -> bool:
         return False
 
 
+def spoken(speaker: str | None, text: str) -> str:
+    """A user turn as the model reads who speaks: ``Name: text`` (the text alone without a speaker). The one
+    rendering of speakers: training samples (``pairs``/``train``) and the service's ``sender_name`` both use it."""
+    speaker = " ".join((speaker or "").split())  # a name is one line
+    return f"{speaker}: {text}" if speaker else text
+
+
 def normalize(messages: list[Message], system_role: bool) -> list[Message]:
-    """Strict user/assistant alternation: fold system text into the first user turn when the template has no
-    system role, and merge consecutive turns of one role."""
+    """Strict user/assistant alternation: user turns rendered with their speaker (``spoken``), system text folded
+    into the first user turn when the template has no system role, consecutive turns of one role merged (several
+    people in a row stay several lines, each with its speaker)."""
     system = [m["content"] for m in messages if m["role"] == "system"]
     turns: list[Message] = []
     for message in messages:
         if message["role"] == "system":
             continue
         role = "assistant" if message["role"] in ("assistant", "model") else "user"
+        content = spoken(message.get("speaker"), message["content"]) if role == "user" else message["content"]
         if turns and turns[-1]["role"] == role:
-            turns[-1] = {"role": role, "content": turns[-1]["content"] + "\n" + message["content"]}
+            turns[-1] = {"role": role, "content": turns[-1]["content"] + "\n" + content}
         else:
-            turns.append({"role": role, "content": message["content"]})
+            turns.append({"role": role, "content": content})
     if system:
         text = "\n\n".join(system)
         if system_role:
@@ -80,9 +90,12 @@ def assistant_spans(tokenizer: Any, messages: list[Message]) -> tuple[str, list[
     return full, spans
 
 
-def encode(tokenizer: Any, messages: list[Message], max_length: int) -> Encoded:
-    """Token ids and labels (IGNORE outside the answers); too long: keep the first token and the end."""
+def encode(tokenizer: Any, messages: list[Message], max_length: int, last_only: bool = False) -> Encoded:
+    """Token ids and labels (IGNORE outside the answers; ``last_only``: outside the last answer); too long: keep the
+    first token and the end."""
     text, spans = assistant_spans(tokenizer, messages)
+    if last_only:
+        spans = spans[-1:]
     tokens = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids: list[int] = tokens["input_ids"]
     labels = [IGNORE] * len(ids)
@@ -99,15 +112,61 @@ def encode(tokenizer: Any, messages: list[Message], max_length: int) -> Encoded:
     return Encoded(ids, labels, truncated)
 
 
+def _turn(role: str, content: str, speaker: str | None) -> Message:
+    return {"role": role, "content": content, "speaker": speaker} if speaker else {"role": role, "content": content}
+
+
+def largest_fitting(high: int, fits: Callable[[int], bool]) -> int:
+    """The largest n in 1..high with fits(n) (fits is monotone: true up to some n), or 0 if none."""
+    low = 0
+    while low < high:
+        middle = (low + high + 1) // 2
+        if fits(middle):
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+def cap_turns(messages: list[dict], count: Callable[[str], int], limit: int) -> tuple[list[dict], int]:
+    """Every turn but the newest (and the system messages) cut to its last ``limit`` tokens; how many were cut."""
+    capped, cut = [], 0
+    for index, message in enumerate(messages):
+        text = message["content"]
+        short = len(text.encode("utf-8")) < limit  # a token covers a byte or more (and one may lead with a space)
+        if index == len(messages) - 1 or message["role"] == "system" or short or count(text) <= limit:
+            capped.append(message)
+            continue
+        end = largest_fitting(len(text), lambda c: count(text[-c:]) <= limit)
+        capped.append({**message, "content": text[-end:] if end else ""})
+        cut += 1
+    return capped, cut
+
+
+def cap_sample(messages: list[Message], count: Callable[[str], int], limit: int | None) -> list[Message]:
+    """A training sample with its earlier turns cut as the service cuts a chat's history (``cap_turns``): all but
+    the last message before the answer, and the answer itself, to their last ``limit`` tokens."""
+    if limit is None or len(messages) < 3:
+        return messages
+    capped, _ = cap_turns(messages[:-1], count, limit)
+    return [*capped, messages[-1]]
+
+
 def samples_to_messages(frame: Any) -> list[list[Message]]:
-    """Rows of a pairs table (query/response) or a conversations table (messages) → chat messages."""
+    """Rows of a pairs table (context, query/response) or a conversations table (messages) → chat messages; a user
+    turn names its speaker (``speaker``) where the samples have one."""
     columns = set(frame.columns)
     if {"query", "response"} <= columns:
-        return [[{"role": "user", "content": q}, {"role": "assistant", "content": r}]
-                for q, r in zip(frame["query"].to_list(), frame["response"].to_list())]
+        height = frame.height
+        contexts = frame["context"].to_list() if "context" in columns else [[]] * height
+        speakers = frame["query_speaker"].to_list() if "query_speaker" in columns else [None] * height
+        return [[*(_turn("user", turn["content"], turn["speaker"]) for turn in context or []),
+                 _turn("user", query, speaker), {"role": "assistant", "content": response}]
+                for context, query, speaker, response in zip(contexts, frame["query"].to_list(), speakers,
+                                                              frame["response"].to_list())]
     if "messages" in columns:
-        return [[{"role": turn["role"], "content": turn["content"]} for turn in conversation]
-                for conversation in frame["messages"].to_list()]
+        return [[_turn(turn["role"], turn["content"], turn.get("speaker") if turn["role"] == "user" else None)
+                 for turn in conversation] for conversation in frame["messages"].to_list()]
     raise DatasetError("the samples table has neither query/response nor messages columns "
                        "(write it with `cookiebaker pairs`)")
 
@@ -126,6 +185,7 @@ def sample_keys(frame: Any) -> list[str]:
 
 
 def sample_digest(messages: list[Message]) -> str:
-    """A digest of a sample's text (roles and contents): equal digests mean the same training text."""
-    canonical = json.dumps([[m["role"], m["content"]] for m in messages], ensure_ascii=False, separators=(",", ":"))
+    """A digest of a sample's text (roles, contents and speakers): equal digests mean the same training text."""
+    canonical = json.dumps([[m["role"], m["content"], *([m["speaker"]] if m.get("speaker") else [])]
+                            for m in messages], ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:20]

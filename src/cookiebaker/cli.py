@@ -90,23 +90,13 @@ def _push_summary(config: Any, steps: list[str]) -> None:
     print("push: " + "; ".join(steps))
 
 
-def _eval_row(name: str, values: dict) -> str:
-    def cell(key: str, width: int) -> str:
-        value = values.get(key)
-        return f"{'–' if value is None else f'{value:.3f}' if key != 'mean_reply_words' else f'{value:.1f}':>{width}}"
-
-    return (f"{name:6} {cell('loss', 7)} {cell('echo_rate', 6)} {cell('loop_rate', 6)} {cell('empty_rate', 6)} "
-            f"{cell('stop_rate', 6)} {cell('template_leak_rate', 6)} {cell('distinct_2', 7)} "
-            f"{cell('mean_reply_words', 6)}")
-
-
 def _eval_summary(config: Any, report: dict) -> None:
-    print(f"eval: {report['heldout_samples']} held-out samples, {report['generated']} answered → {config.output}")
-    print(f"  {'':6} {'loss':>7} {'echo':>6} {'loop':>6} {'empty':>6} {'stop':>6} {'leak':>6} {'dist-2':>7} "
-          f"{'words':>6}")
-    for name in ("tuned", "base", "real"):
-        if name in report:
-            print("  " + _eval_row(name, report[name]))
+    from cookiebaker.quality import measure_table
+
+    print(f"eval: {report['heldout_samples']} held-out samples, {report['generated']} answered → {config.output} "
+          f"(1-of-8 chance: {report['hit_chance']:g})")
+    for line in measure_table({name: report[name] for name in ("tuned", "base", "real") if name in report}):
+        print(line)
 
 
 def _report_summary(config: Any, written: list) -> None:

@@ -164,14 +164,12 @@ def run(config: DemoConfig) -> dict:
 
 
 def _print_eval(evaluated: dict) -> None:
-    """The eval stage's numbers for one label, tuned beside base beside the real responses."""
-    names = [name for name in ("tuned", "base", "real") if name in evaluated]
-    print(f"    eval on held-out queries: {'':14}" + "".join(f"{name:>8}" for name in names))
-    for key, title in (("loss", "loss"), ("echo_rate", "echoes the query"), ("loop_rate", "loops"),
-                       ("empty_rate", "empty"), ("stop_rate", "stops by itself"), ("mean_reply_words", "words"),
-                       ("distinct_2", "distinct bigrams")):
-        values = [evaluated[name].get(key) for name in names]
-        print(f"      {title:38}" + "".join(f"{'–' if v is None else f'{v:.2f}':>8}" for v in values))
+    """The eval stage's measures for one label, tuned beside base beside the real responses."""
+    from cookiebaker.quality import measure_table
+
+    print("    eval on held-out queries:")
+    for line in measure_table(evaluated, indent="      "):
+        print(line)
 
 
 def _one_line(text: str, width: int = 60) -> str:

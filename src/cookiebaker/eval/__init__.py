@@ -1,7 +1,11 @@
 """Stage ``eval``: the replies themselves. The tuned responder and its base, side by side, on exactly the
-samples ``train`` held out: response-only loss, and generated replies (through the backend ``serve`` uses,
-with the export's sampling settings and a fixed seed) measured for echoes, loops, empty replies, stops on the
-end-of-turn token, template leaks, diversity and length, beside the same statistics of the real responses.
+samples ``train`` held out: response-only loss; whether the model knows which message a real reply answers
+(``context_hit``: the reply's log-likelihood after its own message against 7 others); and generated replies
+(through the backend ``serve`` uses, with the export's sampling settings and a fixed seed) measured for echoes,
+loops, empty replies, stops, template leaks, genericness, diversity and length, for whether they fit their
+message (``judge_hit``, the same 1-of-8 test scored by the frozen base) and for whether they can be told from the
+chat's own (``style_auc``), beside the same measures of the real responses. Every measure is in one registry,
+``quality.MEASURES``.
 
 Writes a JSON report (a DVC metric, no chat text) and a Markdown report with a side-by-side table, which holds
 chat text and says so. Logs never hold chat text.
@@ -25,7 +29,16 @@ from cookiebaker.config import StageConfig, config_path_for, save_resolved_confi
 from cookiebaker.errors import DatasetError, ModelError
 from cookiebaker.io import atomic_path, write_json
 from cookiebaker.progress import progress_bar
-from cookiebaker.quality import ECHO_SIMILARITY, Reply, reply_statistics, text_statistics
+from cookiebaker.quality import (
+    ECHO_SIMILARITY,
+    OTHER_PROMPTS,
+    Reply,
+    ReplySet,
+    candidate_prompts,
+    measure_rows,
+    measure_texts,
+    one_in_k_hit_rate,
+)
 
 __all__ = ["EvalConfig", "run", "find_split"]
 
@@ -44,6 +57,8 @@ class EvalReport(TypedDict, total=False):
     generated: int
     leaked: int
     sampling: dict
+    hit_chance: float
+    """The chance level of context_hit and judge_hit: 1 / (1 + the other prompts each reply is scored after)."""
     tuned: dict
     base: dict
     real: dict
@@ -184,23 +199,93 @@ def _generate(backend, prompts: list[list[Message]], sampling, label: str) -> li
     return replies
 
 
-def _measure(reference: str, what: str, held: HeldOut, config: EvalConfig,
-             sampling):  # noqa: ANN001, ANN202
-    """Loss on every held-out sample and statistics of the replies to the first ``max_samples`` queries."""
-    backend = _open(reference)
+@dataclass
+class Answered:
+    """The held-out samples that are answered: their prompts, the real replies, and the prompts each reply is
+    scored after in the 1-of-8 tests (its own first)."""
+
+    prompts: list[list[Message]]
+    queries: list[str]
+    real: list[str]
+    candidates: list[list[int]]
+
+
+def capped(held: HeldOut, backend) -> HeldOut:  # noqa: ANN001
+    """The held-out samples with their earlier turns cut as train cut them (``turn_tokens``), in the backend's
+    tokens (the tuned model and its base share a tokenizer)."""
+    from cookiebaker.chat import cap_sample
+
+    limit = held.record.get("turn_tokens")
+    try:
+        backend.text_tokens("")
+    except NotImplementedError:  # a backend that cannot count tokens renders (and cuts) prompts itself
+        return held
+    samples = [cap_sample(sample, backend.text_tokens, limit) for sample in held.conversations]
+    return HeldOut(samples, held.split, held.record, held.leaked)
+
+
+def answered_samples(held: HeldOut, config: EvalConfig) -> Answered:
+    samples = held.conversations[: config.max_samples]
+    queries = [sample[-2]["content"] for sample in samples]
+    return Answered([sample[:-1] for sample in samples], queries, [sample[-1]["content"] for sample in samples],
+                    candidate_prompts(queries, OTHER_PROMPTS, config.seed))
+
+
+def hit_rates(backend, answered: Answered, reply_sets: dict[str, list[str]], max_length: int,  # noqa: ANN001
+              label: str) -> dict[str, float | None]:
+    """For each set of replies, the 1-of-8 hit rate of ``backend``'s log-likelihoods: every reply scored after its
+    own prompt and its candidates, all sets in one pass (a prompt is decoded once for every reply scored after it)."""
+    requests: list[tuple[int, str]] = []
+    rows: dict[str, list[range]] = {}
+    for name, texts in reply_sets.items():
+        rows[name] = []
+        for text, candidates in zip(texts, answered.candidates):
+            rows[name].append(range(len(requests), len(requests) + len(candidates)))
+            requests += [(prompt, text) for prompt in candidates]
+    log.info("eval: %s scores %d replies after %d prompts", label, len(requests), len(answered.prompts))
+    try:
+        scores = backend.score_replies(answered.prompts, requests, max_length)
+    except ModelError as exc:
+        log.warning("eval: no 1-of-8 scores from %s: %s", backend.description, exc)
+        return dict.fromkeys(reply_sets)
+    return {name: one_in_k_hit_rate([[scores[k] for k in row] for row in rows[name]]) for name in reply_sets}
+
+
+@dataclass
+class Measured:
+    """One model's part of the report: what its backend measured, its replies and the sampling it used."""
+
+    values: dict
+    replies: list[Reply]
+    sampling: object
+    backend: object
+
+
+def _measure(backend, what: str, held: HeldOut, answered: Answered, config: EvalConfig,
+             sampling) -> Measured:  # noqa: ANN001
+    """Loss on every held-out sample and the replies to the answered queries. The backend stays open (for the
+    1-of-8 scores)."""
     if sampling is None:
         sampling = getattr(backend, "default", None)
     sampling = sampling.merged(max_tokens=config.max_new_tokens, seed=config.seed, temperature=config.temperature,
                                top_p=config.top_p)
-    prompts = [sample[:-1] for sample in held.conversations[: config.max_samples]]
-    queries = [prompt[-1]["content"] for prompt in prompts]
-    loss = _loss(backend, held.conversations, int(held.record.get("max_length") or 1024))
-    replies = _generate(backend, prompts, sampling, what)
-    description = backend.description
-    del backend
+    max_length = int(held.record.get("max_length") or 1024)
+    loss = _loss(backend, held.conversations, max_length)
+    replies = _generate(backend, answered.prompts, sampling, what)
+    values = {"backend": backend.description, **loss, "generated": len(replies)}
+    return Measured(values, replies, sampling, backend)
+
+
+def _close(measured: Measured) -> None:
+    measured.backend = None
     gc.collect()
-    return {"backend": description, **loss, **reply_statistics(queries, replies, config.echo_threshold)}, replies, \
-        sampling
+
+
+def _text_measures(answered: Answered, replies: list[Reply] | None, config: EvalConfig) -> dict:
+    texts = [r.text for r in replies] if replies is not None else answered.real
+    return measure_texts(ReplySet(answered.queries, texts, answered.real,
+                                  [r.finish_reason for r in replies] if replies is not None else None,
+                                  config.echo_threshold))
 
 
 def side_by_side(held: HeldOut, replies: dict[str, list[Reply]], rows: int) -> list[dict]:
@@ -221,16 +306,14 @@ def _cell(text: str) -> str:
 
 def write_markdown(target: Path, config: EvalConfig, report: dict, table: list[dict]) -> None:
     columns = [name for name in ("tuned", "base") if name in report]
+    sets = {name: report[name] for name in (*columns, "real")}
     lines = ["# cookiebaker eval", "",
              "> **This report holds chat text** (held-out queries, real responses and generated replies). "
              "Keep it where the chat itself may be kept; the JSON report beside it has numbers only.", "",
              f"Model `{config.model}`, base `{report['base_model']}`, {report['heldout_samples']} held-out samples "
-             f"({report['generated']} answered).", "",
-             "| measure | " + " | ".join(columns) + " | real |", "|---|" + "---|" * (len(columns) + 1)]
-    for measure in ("loss", "echo_rate", "loop_rate", "empty_rate", "stop_rate", "template_leak_rate",
-                    "distinct_2", "mean_reply_words"):
-        values = [report[c].get(measure) for c in columns] + [report["real"].get(measure)]
-        lines.append(f"| {measure} | " + " | ".join("–" if v is None else f"{v:g}" for v in values) + " |")
+             f"({report['generated']} answered; chance of the 1-of-8 measures {report['hit_chance']:g}).", "",
+             "| measure | " + " | ".join(sets) + " |", "|---|" + "---|" * len(sets)]
+    lines += [f"| {title} | " + " | ".join(cells) + " |" for title, cells in measure_rows(sets)]
     lines += ["", "| # | query | real response | " + " | ".join(columns) + " |",
               "|---|---|---|" + "---|" * len(columns)]
     for index, row in enumerate(table):
@@ -254,34 +337,56 @@ def run(config: EvalConfig) -> EvalReport:
                     held.leaked)
     base_reference = config.base_model or held.record.get("base_model")
     compare = bool(base_reference) and str(base_reference).lower() != "none"
+    max_length = int(held.record.get("max_length") or 1024)
+    backend = _open(config.model)
+    held = capped(held, backend)
+    answered = answered_samples(held, config)
     log.info("eval: %d held-out samples from %s; answering %d", len(held.conversations), held.split,
-             min(config.max_samples, len(held.conversations)))
-    tuned, tuned_replies, sampling = _measure(config.model, "tuned", held, config, None)
-    replies = {"tuned": tuned_replies}
+             len(answered.prompts))
+    tuned = _measure(backend, "tuned", held, answered, config, None)
+    del backend
+    tuned.values["context_hit"] = hit_rates(tuned.backend, answered, {"real": answered.real}, max_length,
+                                            "the tuned model")["real"]
+    _close(tuned)
+    measured = {"tuned": tuned}
+    if compare:
+        base = _measure(_open(str(base_reference)), "base", held, answered, config, tuned.sampling)
+        judged = hit_rates(base.backend, answered, {"real": answered.real, "tuned": [r.text for r in tuned.replies],
+                                                    "base": [r.text for r in base.replies]}, max_length, "the base")
+        _close(base)
+        base.values["context_hit"] = judged["real"]  # the base knowing which message a real reply answers
+        measured["base"] = base
     report: EvalReport = {
         "model": config.model,
         "base_model": base_reference if compare else None,
         "data": config.data,
         "split": str(held.split),
         "heldout_samples": len(held.conversations),
-        "generated": len(tuned_replies),
+        "generated": len(tuned.replies),
         "leaked": held.leaked,
-        "sampling": {"temperature": sampling.temperature, "top_p": sampling.top_p, "max_tokens": sampling.max_tokens,
-                     "seed": sampling.seed, "stop": sampling.stop},
-        "tuned": tuned,
+        "sampling": {"temperature": tuned.sampling.temperature, "top_p": tuned.sampling.top_p,
+                     "max_tokens": tuned.sampling.max_tokens, "seed": tuned.sampling.seed,
+                     "stop": tuned.sampling.stop},
+        "hit_chance": round(1 / (1 + OTHER_PROMPTS), 4),
     }
-    if compare:
-        report["base"], replies["base"], _ = _measure(str(base_reference), "base", held, config, sampling)
-    answered = held.conversations[: config.max_samples]
-    report["real"] = text_statistics([s[-2]["content"] for s in answered], [s[-1]["content"] for s in answered],
-                                     config.echo_threshold)
+    for name, model in measured.items():
+        report[name] = {**model.values, **_text_measures(answered, model.replies, config),
+                        "judge_hit": judged[name] if compare else None}
+    report["real"] = {"samples": len(answered.real), **_text_measures(answered, None, config),
+                      "judge_hit": judged["real"] if compare else None}
+    write_reports(config, report, held, {name: model.replies for name, model in measured.items()})
+    log.info("eval: tuned loss %s, context hit %s, judge hit %s, style AUC %s; base loss %s, context hit %s",
+             report["tuned"]["loss"], report["tuned"]["context_hit"], report["tuned"]["judge_hit"],
+             report["tuned"]["style_auc"], report.get("base", {}).get("loss"),
+             report.get("base", {}).get("context_hit"))
+    return report
+
+
+def write_reports(config: EvalConfig, report: EvalReport, held: HeldOut, replies: dict[str, list[Reply]]) -> None:
+    """The JSON report (numbers only), the Markdown side by side and its rows as JSON, the resolved config."""
     write_json(report, config.output)
     markdown = Path(config.markdown) if config.markdown else Path(config.output).with_suffix(".md")
     table = side_by_side(held, replies, config.table_rows)
     write_markdown(markdown, config, report, table)
     write_json(table, samples_path(markdown))
     save_resolved_config(config, config_path_for(config.output))
-    log.info("eval: tuned loss %s, echo %s, loop %s, stop %s; base loss %s, echo %s", tuned["loss"],
-             tuned["echo_rate"], tuned["loop_rate"], tuned["stop_rate"], report.get("base", {}).get("loss"),
-             report.get("base", {}).get("echo_rate"))
-    return report

@@ -12,6 +12,7 @@ from pydantic import Field, field_validator, model_validator
 from cookiebaker.config import StageConfig, config_path_for, save_resolved_config
 from cookiebaker.errors import DatasetError
 from cookiebaker.io import write_json, write_parquet
+from cookiebaker.pairs.context import Speakers
 from cookiebaker.pairs.conversations import CONVERSATION_COLUMNS, build_conversations
 from cookiebaker.pairs.filters import read_messages
 from cookiebaker.pairs.privacy import Scrubber
@@ -74,10 +75,17 @@ class PairsConfig(StageConfig):
     """Where the pairs report (JSON, a DVC metric) is written; default ``<output stem>_report.json``."""
     mode: Literal["pairs", "conversations"] = "pairs"
     """``pairs``: (query, response) from replies and bursts. ``conversations``: multi-turn samples."""
+    context_turns: int = Field(0, ge=0)
+    """Pairs: the chat's messages before each query given with it (at most this many, from the same session), as
+    the service gives a chat's earlier turns with every message it answers; 0: the query alone."""
+    speakers: Speakers = "none"
+    """Who speaks in the user turns (as ``Name: text``, the way the service renders a webhook's sender_name):
+    ``names`` from the export, ``aliases`` (Member 1, Member 2, ... per chat, in the order they first wrote) or
+    ``none``."""
     burst_window_minutes: float = Field(5.0, gt=0)
     """A response burst continues while its sender writes again within this many minutes."""
     session_gap_minutes: float = Field(60.0, gt=0)
-    """Conversations: a silence longer than this starts a new session."""
+    """A silence longer than this starts a new session: conversations never span one, nor does a pair's context."""
     max_turns: int = Field(16, ge=2)
     """Conversations: longest sample in turns (even); longer sessions are split into several samples."""
     bot_sender_ids: list[str | int] = Field(default_factory=list)
@@ -108,6 +116,15 @@ class PairsConfig(StageConfig):
         return self
 
 
+def opted_out_names(messages: pl.DataFrame, privacy: PrivacyConfig) -> list[str]:
+    """The display names opted-out senders wrote under: scrubbed from every sample's text (their messages never
+    enter one)."""
+    if not privacy.opt_out_sender_ids:
+        return []
+    return messages.filter(pl.col("sender_id").is_in(privacy.opt_out_sender_ids) & pl.col("sender").is_not_null()
+                           )["sender"].unique().to_list()
+
+
 def default_report_path(output: str | Path) -> Path:
     output = Path(output)
     return output.with_name(f"{output.stem}_report.json")
@@ -120,7 +137,7 @@ def run(config: PairsConfig) -> PairsReport:
         raise DatasetError(f"{config.input}: the messages table is empty")
     privacy = config.privacy
     scrubber = Scrubber(emails=privacy.scrub_emails, cards=privacy.scrub_card_numbers,
-                        phones=privacy.scrub_phone_numbers)
+                        phones=privacy.scrub_phone_numbers, names=opted_out_names(messages, privacy))
     if config.mode == "pairs":
         samples, details = build_reply_pairs(
             messages,
@@ -128,8 +145,13 @@ def run(config: PairsConfig) -> PairsReport:
             bot_sender_ids=config.bot_sender_ids,  # type: ignore[arg-type]
             opt_out_sender_ids=privacy.opt_out_sender_ids,  # type: ignore[arg-type]
             response_sender_ids=config.response_sender_ids,  # type: ignore[arg-type]
+            context_turns=config.context_turns,
+            session_gap_minutes=config.session_gap_minutes,
+            speakers=config.speakers,
         )
-        samples = scrubber.scrub_column(scrubber.scrub_column(samples, "query"), "response")
+        for column in ("query", "response"):
+            samples = scrubber.scrub_column(samples, column)
+        samples = scrubber.scrub_turns(samples, "context")
     else:
         samples, details = build_conversations(
             messages,
@@ -139,6 +161,7 @@ def run(config: PairsConfig) -> PairsReport:
             opt_out_sender_ids=privacy.opt_out_sender_ids,  # type: ignore[arg-type]
             response_sender_ids=config.response_sender_ids,  # type: ignore[arg-type]
             scrub=scrubber.scrub_column,
+            speakers=config.speakers,
         )
     write_parquet(samples, config.output)
     report: PairsReport = {  # type: ignore[typeddict-item]

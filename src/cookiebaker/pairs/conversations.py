@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import polars as pl
 
+from cookiebaker.chat import spoken
+from cookiebaker.pairs.context import Speakers, speaker_column
 from cookiebaker.pairs.filters import count_reasons, first_reason, is_bot
 
 MESSAGE_DROP_REASONS = ["not_a_message", "forwarded", "via_bot", "from_bot", "empty", "opted_out"]
@@ -24,8 +26,9 @@ def build_conversations(
     opt_out_sender_ids: list[str],
     response_sender_ids: list[str],
     scrub,  # noqa: ANN001 (a callable frame, column → frame)
+    speakers: Speakers = "none",
 ) -> tuple[pl.DataFrame, dict]:
-    flagged = messages.with_columns(
+    flagged = messages.with_columns(speaker_column(messages, speakers)).with_columns(
         first_reason([
             ("not_a_message", pl.col("kind") != "message"),
             ("forwarded", pl.col("forwarded")),
@@ -47,6 +50,7 @@ def build_conversations(
         pl.col("session").first(),
         pl.col("chat_id").first(),
         pl.col("sender_id").first(),
+        pl.col("speaker").first(),
         pl.col("date").first(),
         pl.col("message_id").alias("message_ids"),
         pl.col("text").str.join("\n").alias("content"),
@@ -57,14 +61,21 @@ def build_conversations(
             pl.when(pl.col("sender_id").is_in(response_sender_ids).fill_null(False))
             .then(pl.lit("assistant")).otherwise(pl.lit("user")).alias("role")
         )
-        # Several people talking in a row are one user turn when the model speaks as the chosen senders.
+        # Several people talking in a row are one user turn when the model speaks as the chosen senders; each line
+        # keeps its speaker, rendered as the service renders one.
         turns = turns.with_columns(_runs((pl.col("session") != pl.col("session").shift(1))
                                          | (pl.col("role") != pl.col("role").shift(1)), "merged"))
+        turns = turns.with_columns(
+            pl.when(pl.col("role") == "user")
+            .then(pl.struct("speaker", "content").map_elements(lambda t: spoken(t["speaker"], t["content"]),
+                                                                return_dtype=pl.String))
+            .otherwise("content").alias("content"))
         turns = turns.group_by("merged", maintain_order=True).agg(
             pl.col("session").first(),
             pl.col("chat_id").first(),
             pl.col("date").first(),
             pl.col("role").first(),
+            pl.lit(None, pl.String).alias("speaker"),
             pl.col("message_ids").list.explode(keep_nulls=False, empty_as_null=False),
             pl.col("content").str.join("\n"),
         )
@@ -83,7 +94,7 @@ def build_conversations(
     samples = (
         trimmed.group_by(["session", "chunk"], maintain_order=True)
         .agg(
-            pl.struct("role", "content").alias("messages"),
+            pl.struct("role", "content", "speaker").alias("messages"),
             pl.col("chat_id").first(),
             pl.col("message_ids").list.explode(keep_nulls=False, empty_as_null=False),
             pl.col("date").first().alias("start_date"),

@@ -1,5 +1,5 @@
-"""Privacy filters for sample text: phone numbers, e-mail addresses and payment-card numbers are replaced
-by placeholders. Only rows that can hold one go through the Python matcher."""
+"""Privacy filters for sample text: phone numbers, e-mail addresses, payment-card numbers and the names of senders
+who opted out are replaced by placeholders. Only rows that can hold one go through the Python matcher."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from collections import Counter
 
 import polars as pl
 
-PLACEHOLDERS = {"email": "[EMAIL]", "card": "[CARD]", "phone": "[PHONE]"}
+PLACEHOLDERS = {"email": "[EMAIL]", "card": "[CARD]", "phone": "[PHONE]", "name": "[NAME]"}
+#: Opted-out senders' display names shorter than this are not looked for in texts (too many ordinary words).
+MIN_NAME_CHARACTERS = 3
 
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[^\W\d_]{2,}")
 _CARD = re.compile(r"(?<![\w+])(?:\d[ -]?){12,18}\d(?!\w)")
@@ -49,15 +51,24 @@ def _is_phone(match: str) -> bool:
 class Scrubber:
     """Replaces personal data in text and counts every replacement by kind."""
 
-    def __init__(self, *, emails: bool = True, cards: bool = True, phones: bool = True) -> None:
+    def __init__(self, *, emails: bool = True, cards: bool = True, phones: bool = True,
+                 names: list[str] | tuple[str, ...] = ()) -> None:
         self.emails, self.cards, self.phones = emails, cards, phones
+        names = sorted({n.strip() for n in names if n and len(n.strip()) >= MIN_NAME_CHARACTERS}, key=len, reverse=True)
+        # A name as a whole word (its first and last characters not inside a longer word), longest first; the
+        # vectorized pre-filter (no look-arounds there) looks for the name anywhere.
+        self.names = re.compile("|".join(rf"(?<!\w){re.escape(n)}(?!\w)" for n in names)) if names else None
+        self._names_hint = "|".join(re.escape(n) for n in names)
         self.counts: Counter[str] = Counter()
 
     @property
     def enabled(self) -> bool:
-        return self.emails or self.cards or self.phones
+        return self.emails or self.cards or self.phones or self.names is not None
 
     def scrub(self, text: str) -> str:
+        if self.names is not None:
+            text, n = self.names.subn(PLACEHOLDERS["name"], text)
+            self.counts["name"] += n
         if self.emails:
             text, n = _EMAIL.subn(PLACEHOLDERS["email"], text)
             self.counts["email"] += n
@@ -76,14 +87,32 @@ class Scrubber:
         """Scrub one String column; rows that cannot hold personal data are left untouched (and fast)."""
         if not self.enabled or frame.is_empty():
             return frame
-        candidate = pl.col(column).str.contains("|".join(
-            ([_EMAIL_HINT] if self.emails else []) + ([_NUMBER_HINT] if self.cards or self.phones else [])))
+        hints = (([_EMAIL_HINT] if self.emails else []) + ([_NUMBER_HINT] if self.cards or self.phones else [])
+                 + ([self._names_hint] if self.names is not None else []))
+        candidate = pl.col(column).str.contains("|".join(hints))
         rows = frame.select(candidate.fill_null(False)).to_series().arg_true()
         if rows.is_empty():
             return frame
         values = frame.get_column(column)
         cleaned = pl.Series([self.scrub(text) for text in values.gather(rows).to_list()], dtype=pl.String)
         return frame.with_columns(values.scatter(rows, cleaned))
+
+    def scrub_turns(self, frame: pl.DataFrame, column: str) -> pl.DataFrame:
+        """Scrub the ``content`` of every turn in a list-of-turns column (a sample's earlier messages)."""
+        if not self.enabled or frame.is_empty():
+            return frame
+        dtype = frame.schema[column]
+        turns = (frame.select(pl.int_range(pl.len()).alias("_sample"), column)
+                 .explode(column, keep_nulls=False).unnest(column))
+        if turns.is_empty():
+            return frame
+        fields = [f.name for f in dtype.inner.fields]  # type: ignore[union-attr]
+        scrubbed = self.scrub_column(turns, "content").group_by("_sample", maintain_order=True).agg(
+            pl.struct(fields).alias(column))
+        every = pl.DataFrame({"_sample": pl.int_range(frame.height, eager=True)}).cast({"_sample": turns["_sample"].dtype})
+        rebuilt = every.join(scrubbed, on="_sample", how="left", maintain_order="left").select(
+            pl.coalesce(column, pl.lit([], dtype=dtype)).cast(dtype))
+        return frame.with_columns(rebuilt.to_series())
 
     def report(self) -> dict[str, int]:
         return {kind: self.counts.get(kind, 0) for kind in PLACEHOLDERS}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from cookiebaker.pairs.context import Speakers, context_eligible, context_of, speaker_column
 from cookiebaker.pairs.filters import count_reasons, first_reason, is_bot, is_own_message
 
 DROP_REASONS = [
@@ -24,7 +25,7 @@ DROP_REASONS = [
 ]
 
 PAIR_COLUMNS = ["query", "response", "chat_id", "query_message_id", "response_message_ids", "query_sender_id",
-                "response_sender_id", "query_date", "response_date"]
+                "response_sender_id", "query_date", "response_date", "query_speaker", "context"]
 
 
 def burst_starts(window_minutes: float) -> pl.Expr:
@@ -83,11 +84,16 @@ def build_reply_pairs(
     bot_sender_ids: list[str],
     opt_out_sender_ids: list[str],
     response_sender_ids: list[str],
+    context_turns: int = 0,
+    session_gap_minutes: float = 60.0,
+    speakers: Speakers = "none",
 ) -> tuple[pl.DataFrame, dict]:
     frame = messages.with_row_index("row").with_columns(
         burst_starts(window_minutes).alias("burst_start"), is_bot(bot_sender_ids).alias("bot"),
         (pl.col("chat_id") != pl.col("chat_id").shift(1)).fill_null(True).cum_sum().cast(pl.Int64).alias("chat_rank"),
         (pl.col("text") == "").alias("empty"),
+        context_eligible(bot_sender_ids, opt_out_sender_ids).alias("eligible"),
+        speaker_column(messages, speakers),
     )
     starts = frame.select(pl.col("row").filter(pl.col("burst_start"))).to_series()
     ends = pl.concat([starts.slice(1), pl.Series([frame.height], dtype=starts.dtype)])
@@ -124,10 +130,13 @@ def build_reply_pairs(
     candidates = candidates.with_columns(first_reason(checks).alias("drop_reason"))
     dropped = count_reasons(candidates, "drop_reason", DROP_REASONS)
     kept = candidates.filter(pl.col("drop_reason").is_null()).with_row_index("pair")
+    q_rows = kept.get_column("q_row")
     kept = kept.with_columns(  # the texts and dates of the replied-to messages, for the kept pairs only
         burst_length.gather(kept.get_column("row")).alias("burst_length"),
-        frame.get_column("text").gather(kept.get_column("q_row")).alias("query"),
-        frame.get_column("date").gather(kept.get_column("q_row")).alias("query_date"),
+        frame.get_column("text").gather(q_rows).alias("query"),
+        frame.get_column("date").gather(q_rows).alias("query_date"),
+        frame.get_column("speaker").gather(q_rows).alias("query_speaker"),
+        context_of(frame, q_rows, turns=context_turns, session_gap_minutes=session_gap_minutes),
     )
     single = kept.filter(pl.col("burst_length") == 1).select(
         "pair", pl.concat_list("message_id").alias("response_message_ids"), pl.col("text").alias("response"))
@@ -145,6 +154,8 @@ def build_reply_pairs(
             pl.col("sender_id").alias("response_sender_id"),
             "query_date",
             pl.col("date").alias("response_date"),
+            "query_speaker",
+            "context",
         )
     burst_sizes = kept.get_column("burst_length")
     report = {

@@ -7,6 +7,8 @@ import logging
 import os
 import socket
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from cookiebaker.config import StageConfig
@@ -52,6 +54,10 @@ class ServeConfig(StageConfig):
     """Longest an earlier turn of a chat is sent as, in tokens (its end kept), so that one huge message cannot
     crowd the chat out of the context (after one of 1,000 tokens the demo's model answered in fragments; cut to
     218 it answered normally). Counted in cookiebaker_context_cut{part="text"}."""
+    speakers: Literal["names", "none"] = "names"
+    """Whether the model is shown who speaks: ``names`` renders a webhook's sender_name (and an OpenAI message's
+    name) as ``Name: text``, the way ``pairs`` renders speakers for training (keep the two the same: a model trained
+    with ``pairs.speakers: none`` is served with ``none``); ``none`` never shows a name."""
     temperature: float | None = Field(None, ge=0)
     """Override the Modelfile's temperature for every request."""
     top_p: float | None = Field(None, gt=0, le=1)
@@ -99,7 +105,8 @@ def build_app(config: ServeConfig, backends: dict | None = None):  # noqa: ANN20
     return create_app(backends=backends, samplings=samplings, store=store, history_turns=config.history_turns,
                       api_key=os.environ.get("COOKIEBAKER_API_KEY") or None, max_body_bytes=config.max_body_bytes,
                       queue_size=config.queue_size, timeout=config.timeout_seconds,
-                      max_tokens_limit=config.max_tokens_limit, turn_tokens=config.turn_tokens)
+                      max_tokens_limit=config.max_tokens_limit, turn_tokens=config.turn_tokens,
+                      speakers=config.speakers)
 
 
 def run(config: ServeConfig) -> None:

@@ -30,19 +30,21 @@ class Service:
     history_turns: int
     max_body_bytes: int
     api_key: str | None
+    speakers: str = "names"
+    """``names``: a webhook's sender_name is shown to the model as ``Name: text``; ``none``: never."""
 
 
 def create_app(*, backends: dict[str, Backend], samplings: dict[str, Sampling], store: HistoryStore,
                history_turns: int = 10, api_key: str | None = None, max_body_bytes: int = 1_000_000,
                queue_size: int = 8, timeout: float = 120.0, max_tokens_limit: int = 4096,
-               turn_tokens: int | None = 200) -> FastAPI:
+               turn_tokens: int | None = 200, speakers: str = "names") -> FastAPI:
     registry = CollectorRegistry()
     service = Service(
         responders=Responders(backends, samplings, queue_size, timeout, registry, max_tokens_limit, turn_tokens),
         store=store,
         registry=registry,
         requests_total=Counter("cookiebaker_requests", "HTTP requests", ["path", "status"], registry=registry),
-        history_turns=history_turns, max_body_bytes=max_body_bytes, api_key=api_key)
+        history_turns=history_turns, max_body_bytes=max_body_bytes, api_key=api_key, speakers=speakers)
     app = FastAPI(title="cookiebaker responders", docs_url=None, redoc_url=None)
     app.state.service = service
     app.add_middleware(Guard)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import DateTime, Index, Integer, String, Text, create_engine, delete, event, select
+from sqlalchemy import DateTime, Index, Integer, String, Text, create_engine, delete, event, inspect, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 
@@ -22,6 +22,10 @@ class Turn(_Base):
     chat_id: Mapped[str] = mapped_column(String(200))
     role: Mapped[str] = mapped_column(String(16))
     content: Mapped[str] = mapped_column(Text)
+    speaker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    """Who wrote a user turn, as the model is shown (``Name: text``); null for the responder's own turns."""
+    sender_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    """The client's id of that person (what /forget-style deletions select by); never shown to the model."""
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True),
                                                  default=lambda: datetime.now(timezone.utc))
 
@@ -48,8 +52,20 @@ class HistoryStore:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         _Base.metadata.create_all(self.engine)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """A history database from an earlier version gets the columns added since (nullable, so old rows stay)."""
+        table = Turn.__table__
+        present = {column["name"] for column in inspect(self.engine).get_columns(table.name)}
+        missing = [column for column in table.columns if column.name not in present]
+        with self.engine.begin() as connection:
+            for column in missing:
+                kind = column.type.compile(dialect=self.engine.dialect)
+                connection.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
 
     def recent(self, client_name: str, chat_id: str, limit: int) -> list[dict[str, str]]:
+        """The chat's last ``limit`` turns, oldest first; a user turn with its ``speaker`` where it has one."""
         if limit <= 0:
             return []
         with Session(self.engine) as session:
@@ -57,12 +73,14 @@ class HistoryStore:
                 select(Turn).where(Turn.client_name == client_name, Turn.chat_id == chat_id)
                 .order_by(Turn.id.desc()).limit(limit)
             ).all()
-        return [{"role": row.role, "content": row.content} for row in reversed(rows)]
+        return [{"role": row.role, "content": row.content, **({"speaker": row.speaker} if row.speaker else {})}
+                for row in reversed(rows)]
 
     def add(self, client_name: str, chat_id: str, turns: list[dict[str, str]]) -> None:
+        """Store turns (role, content, and for a user turn its speaker and sender id) in one transaction."""
         with Session(self.engine) as session, session.begin():
-            session.add_all(Turn(client_name=client_name, chat_id=chat_id, role=t["role"], content=t["content"])
-                            for t in turns)
+            session.add_all(Turn(client_name=client_name, chat_id=chat_id, role=t["role"], content=t["content"],
+                                 speaker=t.get("speaker"), sender_id=t.get("sender_id")) for t in turns)
             session.flush()
             keep = select(Turn.id).where(Turn.client_name == client_name, Turn.chat_id == chat_id) \
                 .order_by(Turn.id.desc()).limit(self.max_turns_stored).scalar_subquery()

@@ -17,6 +17,9 @@ MUST_BE = {
     "prompt": "a non-empty string",
     "chat_id": f"a string or a whole number, 1 to {KEY_CHARACTERS} characters",
     "client_name": f"a string of at most {KEY_CHARACTERS} characters",
+    "sender_name": f"a string of at most {KEY_CHARACTERS} characters",
+    "sender_id": f"a string or a whole number, 1 to {KEY_CHARACTERS} characters",
+    "name": f"a string of at most {KEY_CHARACTERS} characters",
     "sfw": "true or false",
     "model": "a string (cookiebaker-sfw or cookiebaker-nsfw)",
     "messages": "a non-empty list of {role, content}",
@@ -54,13 +57,18 @@ class TextPart(Body):
     text: str
 
 
+Name = Annotated[str, StringConstraints(max_length=KEY_CHARACTERS)]
+
+
 class ChatMessage(Body):
     role: Literal["system", "user", "assistant"]
     content: str | list[TextPart]
+    name: Name | None = None
+    """OpenAI's participant name: the speaker of a user turn (``Name: text``, as the webhook's sender_name)."""
 
     def as_dict(self) -> dict[str, str]:
         text = self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
-        return {"role": self.role, "content": text}
+        return {"role": self.role, "content": text, **({"speaker": self.name} if self.name else {})}
 
 
 Messages = Annotated[list[ChatMessage], Field(min_length=1)]
@@ -73,6 +81,10 @@ class WebhookRequest(Body):
     chat_id: Annotated[str, StringConstraints(min_length=1)] | int
     sfw: bool = True
     client_name: Annotated[str, StringConstraints(max_length=KEY_CHARACTERS)] | None = None
+    sender_name: Name | None = None
+    """Who wrote the prompt: the model reads it as ``Name: text`` (serve.speakers: names), as it was trained."""
+    sender_id: Annotated[str, StringConstraints(min_length=1, max_length=KEY_CHARACTERS)] | int | None = None
+    """The client's id of that person, stored with the turn (never shown to the model)."""
 
     @field_validator("prompt")
     @classmethod
@@ -103,8 +115,10 @@ class ChatRequest(Body):
     model: str
     messages: Messages
 
-    def chat_messages(self) -> list[dict[str, str]]:
-        return [message.as_dict() for message in self.messages]
+    def chat_messages(self, speakers: bool = True) -> list[dict[str, str]]:
+        """The messages as the backends take them; ``speakers``: a user turn keeps its ``name`` as its speaker."""
+        messages = [message.as_dict() for message in self.messages]
+        return messages if speakers else [{k: v for k, v in m.items() if k != "speaker"} for m in messages]
 
 
 class OpenAIChatRequest(ChatRequest):

@@ -61,6 +61,9 @@ class TrainConfig(StageConfig):
     """Linear layers that get LoRA adapters."""
     max_length: int = Field(1024, ge=16)
     """Longest sample in tokens; longer ones keep their first token and their end (counted as truncated)."""
+    turn_tokens: int | None = Field(200, ge=16)
+    """Longest an earlier turn of a sample is trained with, in tokens (its end kept), as the service sends a chat's
+    earlier turns (``serve.turn_tokens``); null: whole."""
     eval_fraction: float = Field(0.05, ge=0, lt=1)
     """Share of samples held out for evaluation (deterministic for a seed)."""
     max_eval_samples: int = Field(256, ge=1)
@@ -153,6 +156,7 @@ def heldout_record(config: TrainConfig, frame: pl.DataFrame, keys: list[str], di
         "base_model": config.base_model,
         "system_prompt": config.system_prompt,
         "max_length": config.max_length,
+        "turn_tokens": config.turn_tokens,
         "seed": config.seed,
         "heldout": [{"row": i, "key": keys[i], "digest": digests[i]} for i in eval_ids],
     }
@@ -302,11 +306,13 @@ def _load_tokenizer(config: TrainConfig, base: str) -> Any:
 
 
 def _encode_all(config: TrainConfig, tokenizer: Any, conversations: list) -> list:
-    from cookiebaker.chat import IGNORE, encode, normalize, supports_system_role
+    from cookiebaker.chat import IGNORE, cap_sample, encode, normalize, supports_system_role
 
     system_role = supports_system_role(tokenizer)
+    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
     encoded = []
     for index, messages in enumerate(conversations):
+        messages = cap_sample(messages, count, config.turn_tokens)
         if config.system_prompt:
             messages = [{"role": "system", "content": config.system_prompt}, *messages]
         sample = encode(tokenizer, normalize(messages, system_role), config.max_length)

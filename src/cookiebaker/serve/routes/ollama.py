@@ -41,7 +41,7 @@ async def chat(request: Request) -> Response:
     responders = request.app.state.service.responders
     body = await request_of(request, OllamaChatRequest)
     model = responders.resolve(body.model)
-    messages = body.chat_messages()
+    messages = body.chat_messages(speakers=request.app.state.service.speakers == "names")
     options = body.options or OllamaOptions()
     num_predict = responders.max_tokens_limit if options.num_predict in (-1, -2) else options.num_predict
     sampling = responders.sampling(model, options.temperature, options.top_p, num_predict, options.stop, options.seed)

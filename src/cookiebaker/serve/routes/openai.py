@@ -28,7 +28,7 @@ async def chat(request: Request) -> Response:
     responders = request.app.state.service.responders
     body = await request_of(request, OpenAIChatRequest)
     model = responders.resolve(body.model)
-    messages = body.chat_messages()
+    messages = body.chat_messages(speakers=request.app.state.service.speakers == "names")
     sampling = responders.sampling(model, body.temperature, body.top_p, body.max_completion_tokens or body.max_tokens,
                                    body.stop, body.seed)
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())

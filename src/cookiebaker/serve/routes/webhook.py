@@ -22,11 +22,13 @@ async def webhook(request: Request) -> dict:
     body = await request_of(request, WebhookRequest)
     model = service.responders.resolve(SFW if body.sfw else NSFW)
     history = await _history(service.store.recent, body.client, body.chat, service.history_turns)
-    messages = [*history, {"role": "user", "content": body.prompt}]
-    reply = (await service.responders.complete(model, messages, service.responders.sampling(model))).strip()
+    turn = {"role": "user", "content": body.prompt}
+    if service.speakers == "names" and body.sender_name and body.sender_name.strip():
+        turn["speaker"] = body.sender_name
+    reply = (await service.responders.complete(model, [*history, turn], service.responders.sampling(model))).strip()
     # One transaction: the turn and its reply are stored together or not at all.
-    await _history(service.store.add, body.client, body.chat,
-                   [{"role": "user", "content": body.prompt}, {"role": "assistant", "content": reply}])
+    stored = {**turn, **({"sender_id": str(body.sender_id)} if body.sender_id is not None else {})}
+    await _history(service.store.add, body.client, body.chat, [stored, {"role": "assistant", "content": reply}])
     return {"response": reply, "command": "", "model": model}
 
 
