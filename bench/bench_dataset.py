@@ -1,11 +1,14 @@
 """Benchmark: ingest + pairs of a large synthetic export, cookiebaker vs the straightforward version.
 
-    python bench/bench_dataset.py [--messages 1000000] [--workdir bench/results]
+    python bench/bench_dataset.py [--source telegram|whatsapp] [--messages 1000000] [--workdir bench/results]
 
-Writes the export with ../shared/tools/synth_telegram_export.py (cached in the workdir), then times each
-implementation in its own processes, in alternating rounds (--repeat, default 3; the fastest round of each
-counts), and reports wall time and peak memory (the resident memory of the command and its child processes
-together). Prints a table and writes bench/results/dataset.json.
+Writes the export (Telegram: ../shared/tools/synth_telegram_export.py; WhatsApp: bench/synth_whatsapp.py, an
+Android export in the US locale, 12-hour clock), cached in the workdir, then times each implementation in its own
+processes, in alternating rounds (--repeat, default 3; the fastest round of each counts), and reports wall time
+and peak memory (the resident memory of the command and its child processes together). The straightforward
+versions are bench/straightforward.py (json.load → pandas → a Python loop per row) and
+bench/straightforward_whatsapp.py (a regex per line → pandas → a Python loop per row, as the common WhatsApp
+parsers work). Prints a table and writes bench/results/dataset.json (dataset_whatsapp.json).
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from pathlib import Path
 import polars as pl
 
 HERE = Path(__file__).resolve().parent
-SYNTH = HERE.parent.parent / "shared" / "tools" / "synth_telegram_export.py"
+SYNTH = {"telegram": HERE.parent.parent / "shared" / "tools" / "synth_telegram_export.py",
+         "whatsapp": HERE / "synth_whatsapp.py"}
+STRAIGHTFORWARD = {"telegram": HERE / "straightforward.py", "whatsapp": HERE / "straightforward_whatsapp.py"}
 
 
 def _family(pid: int) -> list[int]:
@@ -86,6 +91,7 @@ def measure(steps: list[list[str]]) -> tuple[float, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", choices=("telegram", "whatsapp"), default="telegram")
     parser.add_argument("--messages", type=int, default=1_000_000)
     parser.add_argument("--workdir", type=Path, default=HERE / "results")
     parser.add_argument("--skip-baseline", action="store_true", help="time cookiebaker only")
@@ -93,18 +99,20 @@ def main() -> None:
     args = parser.parse_args()
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
-    export = work / f"synth_{args.messages}.json"
+    export = work / (f"synth_{args.messages}.json" if args.source == "telegram" else
+                     f"WhatsApp Chat with Synth {args.messages}.txt")
     if not export.exists():
-        print(f"writing a {args.messages:,}-entry export with {SYNTH.name} ...", flush=True)
-        subprocess.run([sys.executable, str(SYNTH), "--messages", str(args.messages), "--out", str(export)], check=True,
-                       stdout=subprocess.DEVNULL)
+        print(f"writing a {args.messages:,}-entry export with {SYNTH[args.source].name} ...", flush=True)
+        extra = ["--locale", "en_US"] if args.source == "whatsapp" else []
+        subprocess.run([sys.executable, str(SYNTH[args.source]), "--messages", str(args.messages), "--out",
+                        str(export), *extra], check=True, stdout=subprocess.DEVNULL)
     size_mb = export.stat().st_size / 1e6
     cookiebaker = str(Path(sys.executable).with_name("cookiebaker"))
     ours_steps = [
         [cookiebaker, "-q", "ingest", str(export), "-o", str(work / "messages.parquet")],
         [cookiebaker, "-q", "pairs", str(work / "messages.parquet"), "-o", str(work / "qa.parquet")],
     ]
-    base_steps = [[sys.executable, str(HERE / "straightforward.py"), str(export), str(work / "sf_messages.parquet"),
+    base_steps = [[sys.executable, str(STRAIGHTFORWARD[args.source]), str(export), str(work / "sf_messages.parquet"),
                    str(work / "sf_qa.parquet")]]
     # Rounds alternate the two implementations, so that a slow spell of a shared machine hits both; each side's
     # fastest round is compared (as timeit does), and every round is kept in the results.
@@ -117,7 +125,8 @@ def main() -> None:
             print(f", straightforward {base_runs[-1][0]:.2f} s", end="", flush=True)
         print()
     ours = (min(seconds for seconds, _ in ours_runs), max(peak for _, peak in ours_runs))
-    results = {"messages": args.messages, "export_mb": round(size_mb, 1), "cpus": os.cpu_count(),
+    results = {"source": args.source, "messages": args.messages, "export_mb": round(size_mb, 1),
+               "cpus": os.cpu_count(),
                "rounds": args.repeat, "cookiebaker_seconds": round(ours[0], 2),
                "cookiebaker_peak_mib": round(ours[1] / 2**20),
                "cookiebaker_rounds": [round(seconds, 2) for seconds, _ in ours_runs]}
@@ -130,7 +139,8 @@ def main() -> None:
                         "straightforward_rounds": [round(seconds, 2) for seconds, _ in base_runs],
                         "speedup": round(base[0] / ours[0], 1), "memory_ratio": round(ours[1] / base[1], 2)})
         assert pl.read_parquet(work / "sf_qa.parquet").height == pairs, "the two implementations disagree"
-    (work / "dataset.json").write_text(json.dumps(results, indent=2) + "\n")
+    name = "dataset.json" if args.source == "telegram" else f"dataset_{args.source}.json"
+    (work / name).write_text(json.dumps(results, indent=2) + "\n")
     print(f"\n{args.messages:,} entries ({size_mb:.0f} MB), {pairs:,} pairs")
     print(f"{'':16s}{'seconds':>10s}{'peak MiB':>10s}")
     print(f"{'cookiebaker':16s}{results['cookiebaker_seconds']:>10.2f}{results['cookiebaker_peak_mib']:>10d}")

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import polars as pl
 import yaml
+from chat_formats import to_discord, to_whatsapp
 from conftest import REPO
 
-from cookiebaker.demo.sample_chats import write_sample_exports
+from cookiebaker.demo import sample_chats
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -39,8 +40,20 @@ def test_dvc_repro_from_a_fresh_clone(tmp_path: Path, tiny_gemma: Path) -> None:
     # The README's step works in a plain clone: the repository carries its .dvc/ folder, analytics off.
     assert (clone / ".dvc" / "config").is_file(), "commit .dvc/ (dvc init): a fresh clone is no DVC repository"
     assert "analytics = false" in (clone / ".dvc" / "config").read_text()
-    write_sample_exports(clone / "data", messages_per_chat=120)
+    written = sample_chats.write_sample_exports(clone / "data", messages_per_chat=120)
+    # Every app at once: SFW is the Telegram export and a WhatsApp export of another chat, NSFW a Discord channel.
+    other = sample_chats.build_chat("Cookie Club 2", 1_700_000_303, sample_chats.SFW_MEMBERS, sample_chats.SFW_SCRIPTS,
+                                    sample_chats.SFW_SLOTS, 120, seed=5)
+    to_whatsapp(other, clone / "data" / "SFW" / "WhatsApp Chat with Cookie Club 2.txt")
+    to_discord(json.loads(written["NSFW"].read_text()), clone / "data" / "NSFW" / "general.json")
+    written["NSFW"].unlink()
     _run([dvc, "repro"], clone)
+    sources = {label: json.loads((clone / "reports" / f"ingest_{label}.json").read_text())["files_by_source"]
+               for label in ("SFW", "NSFW")}
+    assert sources == {"SFW": {"telegram": 1, "whatsapp": 1, "discord": 0},
+                       "NSFW": {"telegram": 0, "whatsapp": 0, "discord": 1}}
+    implicit = json.loads((clone / "reports" / "pairs_SFW.json").read_text())["implicit_pairs"]
+    assert implicit > 0  # the WhatsApp chat has no reply links
     for label in ("SFW", "NSFW"):
         assert pl.read_parquet(clone / "data" / f"{label}.parquet").height >= 120
         assert pl.read_parquet(clone / "data" / f"{label}_qa.parquet").height > 0

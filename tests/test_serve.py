@@ -115,8 +115,8 @@ def test_history_is_bounded(tmp_path: Path) -> None:
     app, _, _ = make_app(tmp_path, max_stored_turns=4)
     client = TestClient(app)
     for i in range(6):
-        client.post("/webhook/response", json={"prompt": f"p{i}", "chat_id": "c"})
-    assert len(app.state.service.store.recent("default", "c", 100)) == 4
+        client.post("/webhook/response", json={"prompt": f"p{i}", "chat_id": "c", "client_name": "k"})
+    assert len(app.state.service.store.recent("k", "c", 100)) == 4
 
 
 @pytest.mark.parametrize(("body", "status"), [

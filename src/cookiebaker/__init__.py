@@ -1,3 +1,3 @@
-"""cookiebaker: consented Telegram chat exports → fine-tuned chat responders."""
+"""cookiebaker: consented group-chat exports (Telegram, WhatsApp, Discord) → fine-tuned chat responders."""
 
 __version__ = "0.1.0"

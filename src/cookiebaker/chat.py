@@ -128,6 +128,11 @@ def largest_fitting(high: int, fits: Callable[[int], bool]) -> int:
     return low
 
 
+#: The most bytes a token can stand for (the longest tokens of the vocabularies cookiebaker serves are shorter): a
+#: text of more than ``n × MAX_TOKEN_BYTES`` characters cannot fit ``n`` tokens, however it tokenizes.
+MAX_TOKEN_BYTES = 32
+
+
 def cap_turns(messages: list[dict], count: Callable[[str], int], limit: int) -> tuple[list[dict], int]:
     """Every turn but the newest (and the system messages) cut to its last ``limit`` tokens; how many were cut."""
     capped, cut = [], 0
@@ -137,6 +142,7 @@ def cap_turns(messages: list[dict], count: Callable[[str], int], limit: int) -> 
         if index == len(messages) - 1 or message["role"] == "system" or short or count(text) <= limit:
             capped.append(message)
             continue
+        text = text[-limit * MAX_TOKEN_BYTES:]  # more could never fit: the search stays short
         end = largest_fitting(len(text), lambda c: count(text[-c:]) <= limit)
         capped.append({**message, "content": text[-end:] if end else ""})
         cut += 1

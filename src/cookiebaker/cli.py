@@ -18,7 +18,7 @@ from cookiebaker.errors import CookiebakerError
 log = logging.getLogger("cookiebaker")
 
 DESCRIPTION = """\
-Turn consented Telegram Desktop chat exports into fine-tuned chat responders.
+Turn consented group-chat exports (Telegram, WhatsApp, Discord) into fine-tuned chat responders.
 
 Only export chats whose participants agreed that their messages are used for training.
 Stages: ingest (exports → messages table) → pairs (messages → training samples)
@@ -111,10 +111,13 @@ def _nothing(config: Any, result: Any) -> None:
 
 COMMANDS: dict[str, Command] = {
     "ingest": Command(
-        "cookiebaker.ingest", "IngestConfig", "read Telegram Desktop JSON exports into a messages table (Parquet)",
-        "Read Telegram Desktop JSON exports (single-chat or full-account, any tdesktop version) into one Parquet "
-        "table with one row per message, service entry or unsupported entry. The same chat in several files is "
-        "kept once per message id (the latest edit wins).", _ingest_summary, {"output": "o"}, ("inputs", "*")),
+        "cookiebaker.ingest", "IngestConfig", "read chat exports (Telegram, WhatsApp, Discord) into a messages table "
+        "(Parquet)",
+        "Read chat exports into one Parquet table with one row per message, service entry or unsupported entry, "
+        "each file by the reader that recognises its content: Telegram Desktop JSON (single-chat or full-account, "
+        "any tdesktop version), WhatsApp's \"Export chat\" (.txt, or the .zip with _chat.txt; any phone locale) and "
+        "DiscordChatExporter JSON. The same chat in several files is kept once per message id (the latest edit "
+        "wins).", _ingest_summary, {"output": "o"}, ("inputs", "*")),
     "pairs": Command(
         "cookiebaker.pairs", "PairsConfig", "turn a messages table into training samples (reply pairs or "
         "conversations)",
@@ -219,8 +222,6 @@ def run_command(args: argparse.Namespace, source: Any) -> None:
     spec = COMMANDS[args.command]
     config = build_config(spec.config_class(), args.command, read_params(args.params), _given_options(source, args))
     stage = importlib.import_module(spec.module)
-    if args.command == "serve":
-        print(f"serving on http://{config.host}:{config.port} (Ctrl-C to stop)", flush=True)
     spec.summarize(config, stage.run(config))
 
 

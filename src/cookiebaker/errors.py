@@ -7,6 +7,14 @@ class CookiebakerError(Exception):
     """Base class for every error a user can cause or fix."""
 
 
+def shown(path: object) -> str:
+    """A path as one line of an error message: control characters (a newline in a file name) written as escapes."""
+    text = str(path)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class ConfigError(CookiebakerError):
     """A configuration value is unknown, of the wrong type, or impossible together with another."""
 
@@ -17,11 +25,11 @@ class InputFileError(CookiebakerError):
     def __init__(self, path: object, problem: str) -> None:
         self.path = str(path)
         self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
+        super().__init__(f"{shown(self.path)}: {problem}")
 
 
 class ExportFormatError(InputFileError):
-    """A file is readable but is not a Telegram Desktop JSON export."""
+    """A file is readable but is not a chat export that a reader takes (or is one, damaged)."""
 
 
 class DatasetError(CookiebakerError):

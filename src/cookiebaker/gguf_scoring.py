@@ -1,19 +1,22 @@
-"""Log-likelihoods from a GGUF in llama.cpp (llama-cpp-python, Ollama's engine), rendered with the chat template
-stored in the GGUF, as serving renders it.
+"""Log-likelihoods and batches of replies from a GGUF in llama.cpp (llama-cpp-python, Ollama's engine), rendered
+with the chat template stored in the GGUF, as serving renders it.
 
 Two questions are asked of a model: the response-only loss of a conversation (its assistant turns' tokens, each
 with the end-of-turn markup after it, as ``train`` scores them with transformers; a too-long sample keeps its first
 token and its end, as in training), and the log-likelihood of several replies after one prompt. The second is what
 eval's 1-of-8 measures ask thousands of times: the prompt is decoded once and every reply continues it as a
 sequence of its own in the same batch, sharing the prompt's cache (``llama_memory_seq_cp``), so a prompt with 24
-candidate replies costs one decode of the prompt and one of the replies together.
+candidate replies costs one decode of the prompt and one of the replies together. Eval's replies are generated the
+same way: up to 32 prompts side by side, each with its own llama.cpp sampler chain, the one llama-cpp-python's
+chat completion builds (top-k 40, typical 1, top-p, min-p 0.05, temperature, a seeded draw), so a batch costs little
+more than one reply.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +28,10 @@ from cookiebaker.errors import ModelError
 PARALLEL_SEQUENCES = 32
 #: Tokens per decode call.
 BATCH_TOKENS = 512
+#: The scoring context's cells: the longest prompt with a batch of replies, or several prompts generating together.
+CONTEXT_CELLS = 4096
+#: llama-cpp-python's chat completion defaults, which serving uses (and so eval's batched replies).
+TOP_K, MIN_P, TYPICAL_P = 40, 0.05, 1.0
 
 
 class ChatTemplate:
@@ -49,6 +56,31 @@ def chat_template_of(llm) -> ChatTemplate | None:  # noqa: ANN001
         return None
     text_of = llm._model.token_get_text
     return ChatTemplate(template, eos=text_of(llm.token_eos()), bos=text_of(llm.token_bos()))
+
+
+#: What every GGUF file begins with.
+GGUF_MAGIC = b"GGUF"
+
+
+def load_gguf(path: Path, **options):  # noqa: ANN003, ANN201
+    """A GGUF in llama-cpp-python; a file that is no GGUF, or one llama.cpp cannot load (truncated, damaged), is a
+    ModelError naming the file in one line."""
+    from llama_cpp import Llama
+
+    from cookiebaker.errors import shown
+
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError as exc:
+        raise ModelError(f"{shown(path)}: cannot read the model: {exc.strerror or exc}") from None
+    if head != GGUF_MAGIC:
+        raise ModelError(f"{shown(path)}: not a GGUF file (it does not begin with GGUF)")
+    try:
+        return Llama(model_path=str(path), verbose=False, **options)
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise ModelError(f"{shown(path)}: llama.cpp cannot load this GGUF ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                         "it may be truncated or damaged: export it again") from None
 
 
 def log_probs(logits: np.ndarray, targets: Sequence[int]) -> np.ndarray:
@@ -164,20 +196,96 @@ class _Context:
             self.api.llama_memory_seq_rm(self.memory, sequence, -1, -1)
         return totals
 
+    def generate(self, prompts: list[list[int]], make_sampler, max_tokens: int, ended,  # noqa: ANN001
+                 stopped) -> list[tuple[list[int], str]]:
+        """Replies to the token prompts, several side by side (as many as the cells hold): per reply its tokens and
+        ``stop`` (``ended(token)``, or ``stopped(tokens)`` saying a stop string appeared) or ``length``."""
+        results: list[tuple[list[int], str]] = []
+        pending = list(range(len(prompts)))
+        while pending:
+            group, cells = [], 0
+            while pending and len(group) < self.n_seq and cells + len(prompts[pending[0]]) + max_tokens <= CONTEXT_CELLS:
+                cells += len(prompts[pending[0]]) + max_tokens
+                group.append(pending.pop(0))
+            if not group:
+                raise ModelError(f"a prompt of {len(prompts[pending[0]])} tokens leaves no room for a reply")
+            results += self._generate_group([prompts[i] for i in group], make_sampler, max_tokens, ended, stopped)
+        return results
+
+    def _generate_group(self, prompts: list[list[int]], make_sampler, max_tokens: int, ended,  # noqa: ANN001
+                        stopped) -> list[tuple[list[int], str]]:
+        self.api.llama_memory_clear(self.memory, True)
+        states = [_Generation([], make_sampler()) for _ in prompts]
+        entries = [(token, position, sequence, position == len(prompt) - 1)
+                   for sequence, prompt in enumerate(prompts) for position, token in enumerate(prompt)]
+        for start in range(0, len(entries), BATCH_TOKENS):  # the prompts; each samples its first token
+            chunk = entries[start:start + BATCH_TOKENS]
+            self.decode(chunk)
+            for index, (_, _, sequence, last) in enumerate(chunk):
+                if last:
+                    self._sample(states[sequence], index, max_tokens, ended, stopped)
+        while True:
+            active = [sequence for sequence, state in enumerate(states) if state.finish is None]
+            if not active:
+                return [(state.tokens, state.finish) for state in states]
+            self.decode([(states[s].tokens[-1], len(prompts[s]) + len(states[s].tokens) - 1, s, True) for s in active])
+            for index, sequence in enumerate(active):
+                self._sample(states[sequence], index, max_tokens, ended, stopped)
+
+    def _sample(self, state: _Generation, index: int, max_tokens: int, ended, stopped) -> None:  # noqa: ANN001
+        token = self.api.llama_sampler_sample(state.sampler.sampler, self.ctx, index)
+        if ended(token):
+            state.finish = "stop"
+            return
+        state.tokens.append(token)
+        if stopped(state.tokens):
+            state.finish = "stop"
+        elif len(state.tokens) >= max_tokens:
+            state.finish = "length"
+
+
+@dataclass
+class _Generation:
+    tokens: list[int]
+    sampler: object
+    finish: str | None = None
+
+
+#: Tokens llama-cpp-python's repetition penalties look back over (its ``last_n_tokens_size``).
+PENALTY_LAST_N = 64
+
+
+def sampler_chain(sampling, n_vocab: int):  # noqa: ANN001, ANN201
+    """The sampler chain llama-cpp-python's chat completion builds for these settings (``Sampling``)."""
+    from llama_cpp import LLAMA_DEFAULT_SEED
+    from llama_cpp._internals import LlamaSampler
+
+    temperature, top_p, seed = sampling.temperature, sampling.top_p, sampling.seed
+    sampler = LlamaSampler()
+    sampler.add_penalties(n_vocab, PENALTY_LAST_N, 1.0, sampling.frequency_penalty, sampling.presence_penalty)
+    if temperature == 0:
+        sampler.add_greedy()
+        return sampler
+    sampler.add_top_k(TOP_K)
+    sampler.add_typical(TYPICAL_P, 1)
+    sampler.add_top_p(top_p, 1)
+    sampler.add_min_p(MIN_P, 1)
+    sampler.add_temp(temperature)
+    sampler.add_dist(LLAMA_DEFAULT_SEED if seed is None else seed)
+    return sampler
+
 
 class GgufScorer:
     def __init__(self, gguf: Path, n_ctx: int = 1024) -> None:
-        from llama_cpp import Llama
-
         # The Llama object loads the weights (memory-mapped) and holds the tokenizer and template; scoring runs on a
         # context of its own, room for the longest prompt and a batch of replies.
-        self.llm = Llama(model_path=str(gguf), n_ctx=256, n_threads=os.cpu_count() or 2, verbose=False)
+        self.llm = load_gguf(gguf, n_ctx=256, n_threads=os.cpu_count() or 2)
         self.template = chat_template_of(self.llm)
         if self.template is None:
             raise ModelError(f"{gguf} has no chat template: cannot render samples to score them")
         self.system_role = supports_system_role(self.template)
         self.n_ctx = n_ctx
-        self.context = _Context(self.llm, n_ctx + BATCH_TOKENS)
+        self.context = _Context(self.llm, max(n_ctx + BATCH_TOKENS, CONTEXT_CELLS))
 
     def _tokens(self, text: str) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
@@ -210,9 +318,10 @@ class GgufScorer:
         found = self.context.prompt(ids, {p - 1: ids[p] for p in positions})
         return -sum(found.values()), len(positions)
 
-    def score_replies(self, messages: list[dict], replies: Sequence[str]) -> list[float]:
-        """The log-likelihood of each reply (its tokens and the end-of-turn markup) as the assistant's answer to
-        ``messages``: the prompt decoded once, the replies side by side after it."""
+    def score_replies(self, messages: list[dict], replies: Sequence[str], reply_tokens: int | None = None) -> list[float]:
+        """The log-likelihood of each reply (its tokens and the end-of-turn markup; its first ``reply_tokens`` where
+        given) as the assistant's answer to ``messages``: the prompt decoded once, the replies side by side after
+        it."""
         prepared = normalize(messages, self.system_role)
         prompt = self._tokens(self.template.apply_chat_template(prepared, add_generation_prompt=True))
         continuations = []
@@ -220,11 +329,40 @@ class GgufScorer:
             full = self._tokens(self.template.apply_chat_template([*prepared, {"role": "assistant", "content": reply}]))
             if full[: len(prompt)] != prompt:
                 raise ModelError("the GGUF's chat template does not render a reply as a continuation of its prompt")
-            continuations.append(full[len(prompt):])
+            continuations.append(full[len(prompt):][:reply_tokens])
         room = self.n_ctx - max((len(c) for c in continuations), default=0)
         if len(prompt) > room:  # as training truncates: the first token and the end
             prompt = prompt[:1] + prompt[-(room - 1):]
         return self.context.continuations(len(prompt), self.context.last_row(prompt), continuations)
+
+    def replies(self, conversations: list[list[dict]], sampling) -> list[tuple[str, str]]:  # noqa: ANN001
+        """Replies to several conversations at once, sampled as llama-cpp-python's chat completion samples one (the
+        GGUF's template, its sampler chain, the end-of-generation tokens and the stop strings), with ``sampling``'s
+        settings (a ``backends.Sampling``): (text, finish)."""
+        import llama_cpp
+
+        vocab = llama_cpp.llama_model_get_vocab(self.llm._model.model)
+        stops = [*sampling.stop, self.llm._model.token_get_text(self.llm.token_eos())]
+        # As llama-cpp-python's chat handler tokenizes a rendered template (which holds its own BOS).
+        prompts = [self._tokens(self.template.apply_chat_template(messages, add_generation_prompt=True))
+                   for messages in conversations]
+
+        def text_of(tokens: list[int]) -> str:
+            return self.llm.detokenize(tokens).decode("utf-8", errors="ignore")
+
+        def stopped(tokens: list[int]) -> bool:
+            text = text_of(tokens)
+            return any(stop and stop in text for stop in stops)
+
+        generated = self.context.generate(prompts, lambda: sampler_chain(sampling, self.context.n_vocab),
+                                          sampling.max_tokens,
+                                          lambda token: bool(llama_cpp.llama_vocab_is_eog(vocab, token)), stopped)
+        out = []
+        for tokens, finish in generated:
+            text = text_of(tokens)
+            cut = min((text.index(stop) for stop in stops if stop and stop in text), default=len(text))
+            out.append((text[:cut], finish))
+        return out
 
     def close(self) -> None:
         self.context.close()

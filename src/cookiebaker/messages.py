@@ -1,4 +1,5 @@
-"""The messages table written by ``cookiebaker ingest``: one row per entry of a chat's ``messages`` array."""
+"""The messages table written by ``cookiebaker ingest``: one row per message, service entry or unsupported entry of
+a chat, whichever app exported it. This is the contract every reader writes and every later stage reads."""
 
 from __future__ import annotations
 
@@ -8,14 +9,19 @@ UTC_TIME = pl.Datetime("us", "UTC")
 
 #: column name → (polars dtype, meaning). This is the contract later stages read.
 MESSAGE_COLUMNS: dict[str, tuple[pl.DataType, str]] = {
-    "chat_id": (pl.Int64(), "Bare chat id (no user/channel prefix, the 2020-21 internal offset removed)."),
+    "source": (pl.String(), "The app that exported the chat: telegram, whatsapp or discord."),
+    "chat_id": (pl.Int64(), "Chat id: Telegram's bare id, Discord's channel id, a digest of a WhatsApp chat's name."),
     "chat_name": (pl.String(), "Chat title or user name; null for Saved Messages and deleted accounts."),
-    "chat_type": (pl.String(), "personal_chat, private_group, public_supergroup, private_channel, ..."),
-    "message_id": (pl.Int64(), "Message id in the chat; negative for history migrated from a basic group."),
+    "chat_type": (pl.String(), "personal_chat, private_group, ... (Telegram's and WhatsApp's); Discord's channel type."),
+    "message_id": (pl.Int64(), "Message id in the chat (time-ordered); negative for Telegram history migrated from a "
+                               "basic group; a WhatsApp export's message number."),
     "kind": (pl.String(), "message, service or unsupported."),
     "date": (UTC_TIME, "Send time in UTC: date_unixtime when present, else the export's local date read as UTC."),
     "sender": (pl.String(), "Display name of the sender (the actor for service entries); null when unknown."),
-    "sender_id": (pl.String(), "Canonical peer id of the sender: 'user123', 'channel123' or 'chat123'."),
+    "sender_id": (pl.String(), "Canonical id of the sender: Telegram's 'user123', 'channel123', 'chat123'; "
+                               "'discord:123'; 'whatsapp:' and a digest of the name within the chat."),
+    "sender_is_bot": (pl.Boolean(), "True where the export says the sender is a bot (Discord's isBot); null where the "
+                                    "export does not say (pairs then goes by the name and bot_sender_ids)."),
     "text": (pl.String(), "Plain text with every entity flattened; '' when there is none."),
     "reply_to_message_id": (pl.Int64(), "Id of the message this one replies to, or null."),
     "reply_to_chat_id": (pl.Int64(), "Bare id of the other chat for a reply into another chat; else null."),
@@ -31,6 +37,18 @@ MESSAGE_COLUMNS: dict[str, tuple[pl.DataType, str]] = {
 
 MESSAGE_SCHEMA = pl.Schema({name: dtype for name, (dtype, _) in MESSAGE_COLUMNS.items()})
 KINDS = ("message", "service", "unsupported")
+SOURCES = ("telegram", "whatsapp", "discord")
+
+
+def as_messages(frame: pl.DataFrame) -> pl.DataFrame:
+    """A reader's columns as the messages table: the schema's columns in its order and types; one missing from
+    ``frame`` is null."""
+    return frame.select([pl.col(name) if name in frame.columns else pl.lit(None).alias(name)
+                         for name in MESSAGE_SCHEMA]).cast(MESSAGE_SCHEMA)  # type: ignore[arg-type]
+
+
+def empty_messages() -> pl.DataFrame:
+    return pl.DataFrame(schema=MESSAGE_SCHEMA)
 
 
 def sorted_by_chat_and_id(frame: pl.DataFrame, *, strict: bool) -> bool:

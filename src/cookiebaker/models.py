@@ -97,6 +97,19 @@ def embedded_model_path(name: str) -> Path:
     return target
 
 
+def embedded_gguf_as(name: str, kind: str) -> Path:
+    """The embedded model as a GGUF of type ``kind`` (f16, q8_0, a K-quant), converted once from its safetensors
+    (the same path a tuned model takes: dequantized, then converted) and cached. Eval serves the base in the tuned
+    model's type, so that the comparison differs by the training alone."""
+    from cookiebaker.gguf_convert import write_gguf
+
+    target = cache_dir() / "models" / f"{name}.{kind}.gguf"
+    if not target.is_file():
+        log.info("converting the embedded %s to a %s GGUF in %s (once)", name, kind, target)
+        write_gguf(embedded_model_path(name), target, kind)
+    return target
+
+
 def resolve_base_model(reference: str) -> str:
     """A hub id, a local folder, or ``embedded:NAME`` → something ``from_pretrained`` can load offline."""
     if reference.startswith(EMBEDDED_PREFIX):

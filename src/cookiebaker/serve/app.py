@@ -12,8 +12,9 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, Counter
 
 from cookiebaker.backends import Backend, Sampling
+from cookiebaker.serve.auth import authorized
 from cookiebaker.serve.history import HistoryStore
-from cookiebaker.serve.responders import NSFW, SFW, HTTPProblem, Responders
+from cookiebaker.serve.responders import NSFW, SFW, ClientGone, HTTPProblem, Responders
 from cookiebaker.serve.routes import ollama, openai, ops, webhook
 
 log = logging.getLogger(__name__)
@@ -32,19 +33,22 @@ class Service:
     api_key: str | None
     speakers: str = "names"
     """``names``: a webhook's sender_name is shown to the model as ``Name: text``; ``none``: never."""
+    body_timeout: float = 30.0
+    """Seconds a request's body may take to arrive (408 after)."""
 
 
 def create_app(*, backends: dict[str, Backend], samplings: dict[str, Sampling], store: HistoryStore,
                history_turns: int = 10, api_key: str | None = None, max_body_bytes: int = 1_000_000,
                queue_size: int = 8, timeout: float = 120.0, max_tokens_limit: int = 4096,
-               turn_tokens: int | None = 200, speakers: str = "names") -> FastAPI:
+               turn_tokens: int | None = 200, speakers: str = "names", body_timeout: float = 30.0) -> FastAPI:
     registry = CollectorRegistry()
     service = Service(
         responders=Responders(backends, samplings, queue_size, timeout, registry, max_tokens_limit, turn_tokens),
         store=store,
         registry=registry,
         requests_total=Counter("cookiebaker_requests", "HTTP requests", ["path", "status"], registry=registry),
-        history_turns=history_turns, max_body_bytes=max_body_bytes, api_key=api_key, speakers=speakers)
+        history_turns=history_turns, max_body_bytes=max_body_bytes, api_key=api_key, speakers=speakers,
+        body_timeout=body_timeout)
     app = FastAPI(title="cookiebaker responders", docs_url=None, redoc_url=None)
     app.state.service = service
     app.add_middleware(Guard)
@@ -83,15 +87,22 @@ class Guard:
                 await refused(scope, receive, counting_send)
             else:
                 await self.app(scope, receive, counting_send)
+        except ClientGone:  # nobody to answer: said in the log, counted as nginx's 499, no traceback
+            status[0] = CLIENT_CLOSED
+            log.info("%s %s: the client disconnected before its body arrived", scope["method"], _route_label(scope))
         finally:
             service.requests_total.labels(_route_label(scope), str(status[0])).inc()
             log.info("%s %s → %d in %.0f ms", scope["method"], _route_label(scope), status[0],
                      (time.perf_counter() - started) * 1000)
 
 
+#: The status counted for a client that hung up before its request was read (nginx's "client closed request").
+CLIENT_CLOSED = 499
+
+
 def _refused(request: Request, service: Service) -> Response | None:
     if service.api_key and request.url.path != "/healthz":
-        if request.headers.get("authorization", "") != f"Bearer {service.api_key}":
+        if not authorized(request, service.api_key):
             return JSONResponse({"error": "missing or wrong API key (Authorization: Bearer …)"}, status_code=401)
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > service.max_body_bytes:

@@ -7,14 +7,29 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from cookiebaker.backends import Backend, BackendUnavailable, ContextOverflow, Sampling
+from cookiebaker.backends import (
+    Backend,
+    BackendUnavailable,
+    Chunk,
+    Completion,
+    ContextOverflow,
+    Sampling,
+    Unsupported,
+    Usage,
+)
+from cookiebaker.backends.base import as_chunk
 
 log = logging.getLogger(__name__)
 
 SFW, NSFW = "cookiebaker-sfw", "cookiebaker-nsfw"
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request was read: there is nobody to answer."""
 
 
 class HTTPProblem(Exception):
@@ -47,16 +62,22 @@ class Responders:
         return model
 
     def sampling(self, model: str, temperature: float | None = None, top_p: float | None = None,
-                 max_tokens: int | None = None, stop: str | list[str] | None = None,
-                 seed: int | None = None) -> Sampling:
+                 max_tokens: int | None = None, stop: str | list[str] | None = None, seed: int | None = None,
+                 frequency_penalty: float | None = None, presence_penalty: float | None = None) -> Sampling:
         """The model's sampling settings with a request's overrides (checked by the request's schema);
-        ``max_tokens`` is capped at the service's limit."""
+        ``max_tokens`` is capped at the service's limit; an option the model's backend cannot honour is a 400."""
         if isinstance(stop, str):
             stop = [stop]
         if max_tokens is not None:
             max_tokens = min(max_tokens, self.max_tokens_limit)
-        return self.samplings[model].merged(temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=stop,
-                                            seed=seed)
+        sampling = self.samplings[model].merged(temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                                                stop=stop, seed=seed, frequency_penalty=frequency_penalty,
+                                                presence_penalty=presence_penalty)
+        try:
+            self.backends[model].check_options(sampling)
+        except Unsupported as exc:
+            raise HTTPProblem(400, str(exc)) from None
+        return sampling
 
     @asynccontextmanager
     async def slot(self, model: str):  # noqa: ANN201
@@ -85,11 +106,17 @@ class Responders:
                      len(messages), fit.cut)
         return fit.messages
 
-    async def complete(self, model: str, messages: list[dict], sampling: Sampling) -> str:
+    async def complete(self, model: str, messages: list[dict], sampling: Sampling) -> Completion:
+        """The whole reply, its finish reason and usage (counted here where the backend counts tokens but did not
+        say)."""
         async with self.slot(model):
             messages = await self.fitted(model, messages, sampling)
             try:
-                return await asyncio.wait_for(self.backends[model].complete(messages, sampling), self.timeout)
+                completion = await asyncio.wait_for(self.backends[model].complete(messages, sampling), self.timeout)
+                if completion.usage is None:
+                    completion = replace(completion, usage=await self._usage(model, messages, sampling,
+                                                                           completion.text))
+                return completion
             except asyncio.TimeoutError:
                 raise HTTPProblem(504, f"{model} did not answer within {self.timeout:g} s") from None
             except BackendUnavailable as exc:
@@ -97,16 +124,22 @@ class Responders:
             except Exception as exc:  # noqa: BLE001 (a failure of the model, answered as a JSON 500)
                 raise _failed(model, exc) from None
 
-    async def stream(self, model: str, messages: list[dict], sampling: Sampling) -> AsyncIterator[str]:
+    async def stream(self, model: str, messages: list[dict], sampling: Sampling) -> AsyncIterator[Chunk]:
+        """The reply in chunks; the last (always there) says why it ended, and the usage where it can be known."""
         async with self.slot(model):
             messages = await self.fitted(model, messages, sampling)
             deadline = time.monotonic() + self.timeout
             pieces = self.backends[model].stream(messages, sampling).__aiter__()
+            final, texts = Chunk("", "stop"), []
             try:
                 while True:
                     try:
                         piece = await asyncio.wait_for(pieces.__anext__(), max(0.0, deadline - time.monotonic()))
+                        piece = as_chunk(piece)
                     except StopAsyncIteration:
+                        if final.usage is None:
+                            final = replace(final, usage=await self._usage(model, messages, sampling, "".join(texts)))
+                        yield final
                         return
                     except asyncio.TimeoutError:
                         raise HTTPProblem(504, f"{model} did not answer within {self.timeout:g} s") from None
@@ -114,9 +147,20 @@ class Responders:
                         raise HTTPProblem(503, str(exc)) from None
                     except Exception as exc:  # noqa: BLE001 (ends the stream with an error event)
                         raise _failed(model, exc) from None
-                    yield piece
+                    texts.append(piece.text)
+                    if piece.finish_reason:  # held back: the last chunk goes out last, with the usage
+                        final = piece
+                    elif piece.text:
+                        yield piece
             finally:  # a timed-out request or a client gone: the generation stops, not only the answer
                 await pieces.aclose()
+
+    async def _usage(self, model: str, messages: list[dict], sampling: Sampling, text: str) -> Usage | None:
+        backend = self.backends[model]
+        if not backend.counts_tokens():
+            return None
+        prompt = await asyncio.to_thread(backend.prompt_tokens, messages, sampling)
+        return Usage(prompt, await asyncio.to_thread(backend.text_tokens, text))
 
     async def first_check(self, model: str) -> None:
         """Before a stream starts (and its 200 is sent): is the backend there, is there room in the queue?"""

@@ -16,8 +16,9 @@ KEY_CHARACTERS = 200
 MUST_BE = {
     "prompt": "a non-empty string",
     "chat_id": f"a string or a whole number, 1 to {KEY_CHARACTERS} characters",
-    "client_name": f"a string of at most {KEY_CHARACTERS} characters",
-    "sender_name": f"a string of at most {KEY_CHARACTERS} characters",
+    "client_name": f"a non-empty string of at most {KEY_CHARACTERS} characters, no control characters (omit it: "
+                   "the API key's own history)",
+    "sender_name": f"a string of at most {KEY_CHARACTERS} characters, no control characters",
     "sender_id": f"a string or a whole number, 1 to {KEY_CHARACTERS} characters",
     "name": f"a string of at most {KEY_CHARACTERS} characters",
     "sfw": "true or false",
@@ -36,6 +37,23 @@ MUST_BE = {
     "seed": "a whole number",
     "stop": "a string or a list of strings",
     "options": "an object",
+    "frequency_penalty": "a number in [-2, 2]",
+    "presence_penalty": "a number in [-2, 2]",
+    "n": "a whole number of at least 1",
+    "logprobs": "true or false",
+    "top_logprobs": "a whole number",
+    "stream_options": "an object ({include_usage})",
+    "include_usage": "true or false",
+    "response_format": "an object ({type})",
+    "tools": "a list",
+    "tool_choice": "a string or an object",
+    "functions": "a list",
+    "function_call": "a string or an object",
+    "logit_bias": "an object",
+    "modalities": "a list of strings",
+    "audio": "an object",
+    "prediction": "an object",
+    "format": "a string or an object",
 }
 
 
@@ -48,6 +66,7 @@ Temperature = Annotated[float, Field(ge=0, le=100)]
 TopP = Annotated[float, Field(gt=0, le=1)]
 Count = Annotated[int, Field(ge=1)]
 Stop = str | list[str]
+Penalty = Annotated[float, Field(ge=-2, le=2)]
 
 
 class TextPart(Body):
@@ -57,7 +76,10 @@ class TextPart(Body):
     text: str
 
 
-Name = Annotated[str, StringConstraints(max_length=KEY_CHARACTERS)]
+#: No control characters: a client or speaker name is one line of text (and the history's own keys for clients
+#: that give no name begin with one, so no client can name itself into another's history).
+Printable = StringConstraints(max_length=KEY_CHARACTERS, pattern=r"^[^\x00-\x1f\x7f-\x9f]*$")
+Name = Annotated[str, Printable]
 
 
 class ChatMessage(Body):
@@ -80,7 +102,9 @@ class WebhookRequest(Body):
     prompt: Annotated[str, StringConstraints(min_length=1)]
     chat_id: Annotated[str, StringConstraints(min_length=1)] | int
     sfw: bool = True
-    client_name: Annotated[str, StringConstraints(max_length=KEY_CHARACTERS)] | None = None
+    client_name: Annotated[str, Printable, StringConstraints(min_length=1)] | None = None
+    """The client's own history (with ``chat_id``); omitted or null: the history of the API key it authenticated
+    with (without a key: the anonymous one), never another named client's. ``""`` is refused."""
     sender_name: Name | None = None
     """Who wrote the prompt: the model reads it as ``Name: text`` (serve.speakers: names), as it was trained."""
     sender_id: Annotated[str, StringConstraints(min_length=1, max_length=KEY_CHARACTERS)] | int | None = None
@@ -104,9 +128,19 @@ class WebhookRequest(Body):
     def chat(self) -> str:
         return str(self.chat_id)
 
-    @property
-    def client(self) -> str:
-        return self.client_name or "default"
+    def client(self, key: str | None) -> str:
+        """Whose history this is: the client's name, else the identity of the key it presented."""
+        if self.client_name is not None:
+            return self.client_name
+        return anonymous_client(key)
+
+
+def anonymous_client(key: str | None) -> str:
+    """The history key of clients that give no name: one per API key (a digest, never the key), which no named
+    client can claim (names hold no control characters)."""
+    import hashlib
+
+    return "\x1fkey:" + hashlib.sha256(key.encode()).hexdigest()[:16] if key else "\x1fanonymous"
 
 
 class ChatRequest(Body):
@@ -121,8 +155,13 @@ class ChatRequest(Body):
         return messages if speakers else [{k: v for k, v in m.items() if k != "speaker"} for m in messages]
 
 
+class StreamOptions(Body):
+    include_usage: bool = False
+
+
 class OpenAIChatRequest(ChatRequest):
-    """POST /v1/chat/completions."""
+    """POST /v1/chat/completions. Every option OpenAI's API has is either honoured or refused with a 400 naming it
+    (:meth:`unsupported`); a client never gets a silently different result."""
 
     stream: bool = False
     temperature: Temperature | None = None
@@ -131,6 +170,44 @@ class OpenAIChatRequest(ChatRequest):
     max_completion_tokens: Count | None = None
     stop: Stop | None = None
     seed: int | None = None
+    frequency_penalty: Penalty | None = None
+    presence_penalty: Penalty | None = None
+    stream_options: StreamOptions | None = None
+    n: Count | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    response_format: dict | None = None
+    tools: list | None = None
+    tool_choice: str | dict | None = None
+    functions: list | None = None
+    function_call: str | dict | None = None
+    logit_bias: dict | None = None
+    modalities: list[str] | None = None
+    audio: dict | None = None
+    prediction: dict | None = None
+
+    def unsupported(self) -> list[str]:
+        """The options asked for that the service does not do, each with why."""
+        problems = []
+        if self.n not in (None, 1):
+            problems.append(f"'n': {self.n} (one choice per request: send the request again for another)")
+        if self.logprobs or self.top_logprobs:
+            problems.append("'logprobs'/'top_logprobs' (replies come without log-probabilities)")
+        if self.response_format and self.response_format.get("type") not in (None, "text"):
+            problems.append(f"'response_format' {self.response_format.get('type')!r} (replies are free text)")
+        if self.tools and self.tool_choice != "none":
+            problems.append("'tools' (the responders make no tool calls)")
+        if self.tool_choice not in (None, "none", "auto") and not self.tools:
+            problems.append(f"'tool_choice' {self.tool_choice!r} (the responders make no tool calls)")
+        if self.functions or self.function_call not in (None, "none", "auto"):
+            problems.append("'functions'/'function_call' (the responders make no function calls)")
+        if self.logit_bias:
+            problems.append("'logit_bias' (not applied to the responders' tokens)")
+        if self.audio or (self.modalities and self.modalities != ["text"]):
+            problems.append("'audio'/'modalities' (replies are text)")
+        if self.prediction:
+            problems.append("'prediction' (no predicted outputs)")
+        return problems
 
 
 class OllamaOptions(Body):
@@ -139,6 +216,8 @@ class OllamaOptions(Body):
     num_predict: Annotated[int, Field(ge=-2)] | None = None
     stop: Stop | None = None
     seed: int | None = None
+    frequency_penalty: Penalty | None = None
+    presence_penalty: Penalty | None = None
 
     @field_validator("num_predict")
     @classmethod
@@ -153,6 +232,16 @@ class OllamaChatRequest(ChatRequest):
 
     stream: bool = True
     options: OllamaOptions | None = None
+    format: str | dict | None = None
+    tools: list | None = None
+
+    def unsupported(self) -> list[str]:
+        problems = []
+        if self.format:
+            problems.append(f"'format' {self.format!r} (replies are free text)")
+        if self.tools:
+            problems.append("'tools' (the responders make no tool calls)")
+        return problems
 
 
 def parse(schema: type[T], data: dict) -> T:

@@ -92,6 +92,9 @@ class TrainConfig(StageConfig):
     """Log the training loss every N optimizer steps."""
     resume: bool = False
     """Continue from the latest checkpoint in output_dir."""
+    eval_loss: bool = True
+    """Measure the held-out loss before and after training (metrics.json); the eval stage measures it again through
+    the served model, so a short run may leave it to eval."""
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
@@ -323,15 +326,19 @@ def _encode_all(config: TrainConfig, tokenizer: Any, conversations: list) -> lis
 
 
 def prepare(config: TrainConfig, base: str) -> Prepared:
-    """Read, render and tokenise the samples; hold out a share of them, split by text."""
+    """Read, render and tokenise the samples; hold out a share of them, split by the text of their last exchange
+    (the same query and answer are never on both sides, whatever context or speakers came with them; and samples
+    built with or without context from the same messages are split alike)."""
     from cookiebaker.chat import sample_digest, sample_keys
 
     frame, conversations = _read_samples(config)
     tokenizer = _load_tokenizer(config, base)
     encoded = _encode_all(config, tokenizer, conversations)
     digests = [sample_digest(messages) for messages in conversations]
+    exchanges = [sample_digest([{"role": m["role"], "content": m["content"]} for m in messages[-2:]])
+                 for messages in conversations]
     train_ids, eval_ids = split_indices(len(encoded), config.eval_fraction, config.max_eval_samples, config.seed,
-                                        groups=digests)
+                                        groups=exchanges)
     rows = [{"input_ids": s.input_ids, "labels": s.labels} for s in encoded]
     truncated = sum(sample.truncated for sample in encoded)
     log.info("train: %d samples (%d held out, %d truncated to %d tokens)", len(encoded), len(eval_ids), truncated,
@@ -448,14 +455,15 @@ def build_trainer(config: TrainConfig, model: Any, data: Prepared, plan, loggers
 
 def fit(config: TrainConfig, trainer: Any, throughput: Any, data: Prepared, plan) -> TrainMetrics:  # noqa: ANN001
     """Evaluate, train (resuming where asked), evaluate again: the metrics."""
-    eval_before = trainer.evaluate()["eval_loss"] if data.eval_rows else None
+    measure = bool(data.eval_rows) and config.eval_loss
+    eval_before = trainer.evaluate()["eval_loss"] if measure else None
     resume_from = _latest_checkpoint(Path(config.output_dir)) if config.resume else None
     if config.resume and resume_from is None:
         log.warning("--resume: no checkpoint in %s yet, starting from the beginning", config.output_dir)
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     wall = time.perf_counter() - started
-    eval_after = trainer.evaluate()["eval_loss"] if data.eval_rows else None
+    eval_after = trainer.evaluate()["eval_loss"] if measure else None
     return {
         "eval_loss_before": eval_before,
         "eval_loss_after": eval_after,

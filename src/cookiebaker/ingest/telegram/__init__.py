@@ -14,8 +14,10 @@ import polars as pl
 from msgspec import Raw
 
 from cookiebaker.errors import InputFileError
+from cookiebaker.ingest.readers import Read, ReadOptions
+from cookiebaker.messages import empty_messages
 from cookiebaker.ingest.telegram import bulk
-from cookiebaker.ingest.telegram.columns import chat_frame, empty_frame, finish_frame, messages_frame
+from cookiebaker.ingest.telegram.columns import chat_frame, finish_frame, messages_frame
 from cookiebaker.ingest.telegram.decode import (
     Chat,
     SliceMismatch,
@@ -40,12 +42,13 @@ class TelegramReader:
     """Telegram Desktop → Export chat history → Machine-readable JSON."""
 
     name = "telegram"
+    suffixes = (".json",)
 
-    def detect(self, head: bytes) -> bool:
+    def detect(self, head: bytes, path: Path) -> bool:
         return _EXPORT_KEYS.match(head.removeprefix(b"\xef\xbb\xbf")) is not None
 
-    def read(self, path: Path) -> pl.DataFrame:
-        return read_export(path)
+    def read(self, path: Path, options: ReadOptions) -> Read:
+        return Read(read_export(path))
 
 
 # The msgspec decoder works a slice of this many bytes at a time, so that a large chat it has to read never
@@ -124,6 +127,6 @@ def read_export(path: str | Path) -> pl.DataFrame:
                                 str(path))
         frames.append(frame)
     del chats, data, buffer
-    return pl.concat(frames, how="vertical") if frames else empty_frame()
+    return pl.concat(frames, how="vertical") if frames else empty_messages()
 
 

@@ -8,7 +8,7 @@ import polars as pl
 from msgspec import UNSET, Raw
 
 from cookiebaker.ingest.telegram.decode import Message, Peer
-from cookiebaker.messages import MESSAGE_SCHEMA, UTC_TIME
+from cookiebaker.messages import UTC_TIME, as_messages, empty_messages
 
 # tdesktop 2.4.0–2.7.1 wrote peers (and the chat id) as internal ids: 2^32 + user id, 2^33 + chat/channel id.
 # Older versions wrote plain int32 user ids; since 2.7.2 peers are strings such as "user123".
@@ -223,20 +223,16 @@ def messages_frame(msgs: list[Message]) -> tuple[pl.DataFrame, Peer]:
 
 def chat_frame(chat_id: int, name: str | None, chat_type: str | None, slices: list[tuple[pl.DataFrame, Peer]],
                source_file: str) -> pl.DataFrame:
-    """Join a chat's slices and add the chat-level columns, in the order of MESSAGE_SCHEMA."""
+    """Join a chat's slices and add the chat-level columns: the messages table."""
     first_peer = next((peer for _, peer in slices if peer is not None), None)
     bare_id = unshift_chat_id(chat_id, peer_number(first_peer) is not None)
-    frame = pl.concat([f for f, _ in slices], how="vertical") if slices else empty_frame().drop(
-        "chat_id", "chat_name", "chat_type", "source_file")
-    return frame.select(
+    frame = pl.concat([f for f, _ in slices], how="vertical") if slices else empty_messages().drop(
+        "source", "chat_id", "chat_name", "chat_type", "source_file")
+    return as_messages(frame.with_columns(
+        pl.lit("telegram").alias("source"),
         pl.lit(bare_id, pl.Int64).alias("chat_id"),
         pl.lit(name, pl.String).alias("chat_name"),
         pl.lit(chat_type, pl.String).alias("chat_type"),
-        *[c for c in MESSAGE_SCHEMA if c not in ("chat_id", "chat_name", "chat_type", "source_file", "reply_to_chat_id")],
         pl.when(pl.col("reply_to_chat_id") != bare_id).then(pl.col("reply_to_chat_id")).alias("reply_to_chat_id"),
         pl.lit(source_file, pl.String).alias("source_file"),
-    ).select(list(MESSAGE_SCHEMA)).cast(MESSAGE_SCHEMA)  # type: ignore[arg-type]
-
-
-def empty_frame() -> pl.DataFrame:
-    return pl.DataFrame(schema=MESSAGE_SCHEMA)
+    ))

@@ -14,6 +14,7 @@ import msgspec
 from msgspec import UNSET, Meta, Raw, UnsetType
 
 from cookiebaker.errors import ExportFormatError, InputFileError
+from cookiebaker.ingest.readers import first_invalid_utf8
 
 #: Ids are stored as 64-bit integers: a larger one is refused, naming where it is.
 Int64 = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
@@ -140,15 +141,6 @@ def decode_export(path: str, data: bytes) -> tuple[list[Chat], bytes]:
 #: (invalid UTF-8 was a UnicodeDecodeError up to 0.22 and is a DecodeError since 0.23): the verdict below never
 #: depends on the type, only on the bytes.
 DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
-
-
-def first_invalid_utf8(data: bytes | memoryview | None) -> int | None:
-    """The offset of the first byte where ``data`` stops being UTF-8, or None when it is valid UTF-8."""
-    try:
-        bytes(data or b"").decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return exc.start
-    return None
 
 
 #: What msgspec's messages say where it has no exception type of its own for the fault (checked against the

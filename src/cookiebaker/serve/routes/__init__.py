@@ -2,25 +2,37 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import datetime, timezone
 
 from fastapi import Request
+from starlette.requests import ClientDisconnect
 
-from cookiebaker.serve.responders import HTTPProblem
+from cookiebaker.serve.responders import ClientGone, HTTPProblem
 from cookiebaker.serve.schemas import T, parse
 
 
-async def body_of(request: Request) -> dict:
-    """The request's JSON object (a 4xx problem otherwise)."""
-    limit = request.app.state.service.max_body_bytes
+async def _read(request: Request, limit: int) -> bytes:
     chunks, size = [], 0
     async for chunk in request.stream():  # a chunked body has no length: the limit holds while reading
         size += len(chunk)
         if size > limit:
             raise HTTPProblem(413, f"request body over {limit} bytes")
         chunks.append(chunk)
-    raw = b"".join(chunks)
+    return b"".join(chunks)
+
+
+async def body_of(request: Request) -> dict:
+    """The request's JSON object (a 4xx problem otherwise): within the size limit, within the body timeout (408),
+    ``ClientGone`` when the client hangs up before it arrived."""
+    service = request.app.state.service
+    try:
+        raw = await asyncio.wait_for(_read(request, service.max_body_bytes), service.body_timeout)
+    except asyncio.TimeoutError:
+        raise HTTPProblem(408, f"the request body did not arrive within {service.body_timeout:g} s") from None
+    except ClientDisconnect:
+        raise ClientGone from None
     try:
         data = json.loads(raw)
     except RecursionError:

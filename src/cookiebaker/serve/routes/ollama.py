@@ -36,30 +36,46 @@ def _line(body: dict) -> bytes:
     return (json.dumps(body) + "\n").encode()
 
 
+def _done(model: str, finish: str, usage) -> dict:  # noqa: ANN001
+    body = {"model": model, "created_at": now(), "message": {"role": "assistant", "content": ""}, "done": True,
+            "done_reason": finish}
+    if usage is not None:
+        body.update(prompt_eval_count=usage.prompt_tokens, eval_count=usage.completion_tokens)
+    return body
+
+
 @router.post("/api/chat")
 async def chat(request: Request) -> Response:
-    responders = request.app.state.service.responders
+    service = request.app.state.service
+    responders = service.responders
     body = await request_of(request, OllamaChatRequest)
     model = responders.resolve(body.model)
-    messages = body.chat_messages(speakers=request.app.state.service.speakers == "names")
+    problems = body.unsupported()
+    if problems:
+        raise HTTPProblem(400, "unsupported option(s): " + "; ".join(problems))
+    messages = body.chat_messages(speakers=service.speakers == "names")
     options = body.options or OllamaOptions()
     num_predict = responders.max_tokens_limit if options.num_predict in (-1, -2) else options.num_predict
-    sampling = responders.sampling(model, options.temperature, options.top_p, num_predict, options.stop, options.seed)
+    sampling = responders.sampling(model, options.temperature, options.top_p, num_predict, options.stop, options.seed,
+                                   options.frequency_penalty, options.presence_penalty)
     if not body.stream:
-        reply = await responders.complete(model, messages, sampling)
-        return JSONResponse({"model": model, "created_at": now(), "message": {"role": "assistant", "content": reply},
-                             "done": True, "done_reason": "stop"})
+        completion = await responders.complete(model, messages, sampling)
+        usage = completion.usage
+        return JSONResponse({**_done(model, completion.finish_reason, usage),
+                             "message": {"role": "assistant", "content": completion.text}})
     await responders.first_check(model)
 
     async def lines() -> AsyncIterator[bytes]:
+        finish, usage = "stop", None
         try:
             async for piece in responders.stream(model, messages, sampling):
-                yield _line({"model": model, "created_at": now(), "message": {"role": "assistant", "content": piece},
-                             "done": False})
+                if piece.text:
+                    yield _line({"model": model, "created_at": now(),
+                                 "message": {"role": "assistant", "content": piece.text}, "done": False})
+                finish, usage = piece.finish_reason or finish, piece.usage or usage
         except HTTPProblem as exc:
             yield _line({"error": exc.message})
             return
-        yield _line({"model": model, "created_at": now(), "message": {"role": "assistant", "content": ""},
-                     "done": True, "done_reason": "stop"})
+        yield _line(_done(model, finish, usage))
 
     return StreamingResponse(lines(), media_type="application/x-ndjson")

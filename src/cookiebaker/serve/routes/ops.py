@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 router = APIRouter()
 
 
-@router.get("/healthz")
+@router.api_route("/healthz", methods=["GET", "HEAD"])
 async def healthz(request: Request) -> dict:
     backends = request.app.state.service.responders.backends
     return {"status": "ok", "models": {name: backend.description for name, backend in backends.items()}}

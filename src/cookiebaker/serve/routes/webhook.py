@@ -8,6 +8,7 @@ import logging
 from fastapi import APIRouter, Request
 from sqlalchemy.exc import SQLAlchemyError
 
+from cookiebaker.serve.auth import presented_key
 from cookiebaker.serve.responders import NSFW, SFW, HTTPProblem
 from cookiebaker.serve.routes import request_of
 from cookiebaker.serve.schemas import WebhookRequest
@@ -21,14 +22,15 @@ async def webhook(request: Request) -> dict:
     service = request.app.state.service
     body = await request_of(request, WebhookRequest)
     model = service.responders.resolve(SFW if body.sfw else NSFW)
-    history = await _history(service.store.recent, body.client, body.chat, service.history_turns)
+    client = body.client(presented_key(request) if service.api_key else None)
+    history = await _history(service.store.recent, client, body.chat, service.history_turns)
     turn = {"role": "user", "content": body.prompt}
     if service.speakers == "names" and body.sender_name and body.sender_name.strip():
         turn["speaker"] = body.sender_name
-    reply = (await service.responders.complete(model, [*history, turn], service.responders.sampling(model))).strip()
+    reply = (await service.responders.complete(model, [*history, turn], service.responders.sampling(model))).text.strip()
     # One transaction: the turn and its reply are stored together or not at all.
     stored = {**turn, **({"sender_id": str(body.sender_id)} if body.sender_id is not None else {})}
-    await _history(service.store.add, body.client, body.chat, [stored, {"role": "assistant", "content": reply}])
+    await _history(service.store.add, client, body.chat, [stored, {"role": "assistant", "content": reply}])
     return {"response": reply, "command": "", "model": model}
 
 
