@@ -147,16 +147,18 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def serve_in_thread(app) -> tuple[int, object]:  # noqa: ANN001
-    """Run an ASGI app under uvicorn on a free loopback port in a daemon thread; returns (port, server)
-    (set ``server.should_exit = True`` to stop it)."""
+def serve_in_thread(app, header_timeout: float = 10.0) -> tuple[int, object]:  # noqa: ANN001
+    """Run an ASGI app under uvicorn on a free loopback port in a daemon thread, as ``cookiebaker serve`` runs it
+    (the guarded protocol); returns (port, server) (set ``server.should_exit = True`` to stop it)."""
     import threading
     import time
 
     import uvicorn
 
+    from cookiebaker.serve.server import server_config
+
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    server = uvicorn.Server(server_config(app, "127.0.0.1", port, header_timeout, log_level="error"))
     threading.Thread(target=server.run, daemon=True).start()
     for _ in range(200):
         if server.started:

@@ -239,7 +239,10 @@ def fit_to_context(messages: list[dict], count: Callable[[list[dict]], int], bud
     own once (``text_count``), which says how many of the newest can fit; the whole prompt is rendered and counted
     only to confirm that (a few times at most); a text is first cut to what could fit at the most bytes a token
     stands for."""
-    if count(messages) <= budget:
+    # A lower bound that needs no rendering: a message costs a token of markup at least, and a token stands for at
+    # most MAX_TOKEN_BYTES bytes. Only a request that might fit is rendered whole.
+    at_least = sum(1 + len(m["content"]) // MAX_TOKEN_BYTES for m in messages)
+    if at_least <= budget and count(messages) <= budget:
         return Fitted(messages)
     system = list(itertools.takewhile(lambda m: m["role"] == "system", messages[:-1]))
     turns = messages[len(system):]

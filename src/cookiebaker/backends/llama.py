@@ -98,8 +98,10 @@ class LlamaCppBackend(Backend):
                         texts.append(piece)
                         finish = choice.get("finish_reason")
                         if finish:
-                            usage = Usage(prompt, self.text_tokens("".join(texts)) + (finish == "stop"))
-                            yield Chunk(piece, finish, usage)
+                            # The context holds the prompt and every reply token but the last one sampled (which
+                            # is evaluated only if generation goes on; an end-of-turn token is not a reply token).
+                            completion = max(0, self.llm.n_tokens - prompt + (finish == "length"))
+                            yield Chunk(piece, finish, Usage(prompt, completion))
                             return
                         if piece:
                             yield Chunk(piece)

@@ -15,7 +15,16 @@ import logging
 import os
 from collections.abc import AsyncIterator
 
-from cookiebaker.backends.base import Backend, BackendUnavailable, Chunk, Sampling, Usage, by_prompt, with_system
+from cookiebaker.backends.base import (
+    Backend,
+    BackendUnavailable,
+    Chunk,
+    Completion,
+    Sampling,
+    Usage,
+    by_prompt,
+    with_system,
+)
 from cookiebaker.errors import ConfigError, ModelError
 from cookiebaker.quality import Reply
 
@@ -150,6 +159,20 @@ class OpenAIBackend(Backend):
         except httpx.HTTPError as exc:
             raise BackendUnavailable(f"{self.description} is not answering ({type(exc).__name__})") from None
         yield Chunk("", finish or "stop", usage)
+
+    async def complete(self, messages: list[dict], sampling: Sampling) -> Completion:
+        """The engine's own non-streamed answer: its finish reason and usage."""
+        import httpx
+
+        try:
+            answer = await self.client.post(f"{self.base}/chat/completions", json=self._body(messages, sampling, False))
+            await _raise_for(answer, self.description)
+        except httpx.HTTPError as exc:
+            raise BackendUnavailable(f"{self.description} is not answering ({type(exc).__name__})") from None
+        body = answer.json()
+        choice, usage = body["choices"][0], body.get("usage")
+        return Completion(choice["message"].get("content") or "", choice.get("finish_reason") or "stop",
+                          Usage(usage["prompt_tokens"], usage["completion_tokens"]) if usage else None)
 
     def reply(self, messages: list[dict], sampling: Sampling) -> Reply:
         import httpx

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 
+import anyio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from cookiebaker.backends import (
@@ -125,35 +126,36 @@ class Responders:
                 raise _failed(model, exc) from None
 
     async def stream(self, model: str, messages: list[dict], sampling: Sampling) -> AsyncIterator[Chunk]:
-        """The reply in chunks; the last (always there) says why it ended, and the usage where it can be known."""
+        """The reply in chunks; the last (always there) says why it ended, and the usage where it can be known.
+        The backend's stream is iterated in this task (no task of its own): a client that hangs up or a deadline
+        that passes cancels it where it waits, and closing it ends the generation (a thread's, an engine's request)."""
         async with self.slot(model):
             messages = await self.fitted(model, messages, sampling)
-            deadline = time.monotonic() + self.timeout
-            pieces = self.backends[model].stream(messages, sampling).__aiter__()
+            pieces = self.backends[model].stream(messages, sampling)
             final, texts = Chunk("", "stop"), []
             try:
-                while True:
-                    try:
-                        piece = await asyncio.wait_for(pieces.__anext__(), max(0.0, deadline - time.monotonic()))
+                async with asyncio.timeout(self.timeout):
+                    async for piece in pieces:
                         piece = as_chunk(piece)
-                    except StopAsyncIteration:
-                        if final.usage is None:
-                            final = replace(final, usage=await self._usage(model, messages, sampling, "".join(texts)))
-                        yield final
-                        return
-                    except asyncio.TimeoutError:
-                        raise HTTPProblem(504, f"{model} did not answer within {self.timeout:g} s") from None
-                    except BackendUnavailable as exc:
-                        raise HTTPProblem(503, str(exc)) from None
-                    except Exception as exc:  # noqa: BLE001 (ends the stream with an error event)
-                        raise _failed(model, exc) from None
-                    texts.append(piece.text)
-                    if piece.finish_reason:  # held back: the last chunk goes out last, with the usage
-                        final = piece
-                    elif piece.text:
-                        yield piece
+                        texts.append(piece.text)
+                        if piece.finish_reason:  # held back: the last chunk goes out last, with the usage
+                            final = piece
+                        elif piece.text:
+                            yield piece
+            except TimeoutError:
+                raise HTTPProblem(504, f"{model} did not answer within {self.timeout:g} s") from None
+            except BackendUnavailable as exc:
+                raise HTTPProblem(503, str(exc)) from None
+            except HTTPProblem:
+                raise
+            except Exception as exc:  # noqa: BLE001 (ends the stream with an error event)
+                raise _failed(model, exc) from None
             finally:  # a timed-out request or a client gone: the generation stops, not only the answer
-                await pieces.aclose()
+                with anyio.CancelScope(shield=True):  # even while this task is being cancelled
+                    await pieces.aclose()
+            if final.usage is None:
+                final = replace(final, usage=await self._usage(model, messages, sampling, "".join(texts)))
+            yield final
 
     async def _usage(self, model: str, messages: list[dict], sampling: Sampling, text: str) -> Usage | None:
         backend = self.backends[model]

@@ -64,6 +64,9 @@ class TrainConfig(StageConfig):
     turn_tokens: int | None = Field(200, ge=16)
     """Longest an earlier turn of a sample is trained with, in tokens (its end kept), as the service sends a chat's
     earlier turns (``serve.turn_tokens``); null: whole."""
+    context_turns: int | None = Field(None, ge=0)
+    """Earlier messages a sample is trained with, at most (before its last user turn: a pair's context, a
+    conversation's earlier turns); null: all the samples have. Eval still gives them all, as serving does."""
     eval_fraction: float = Field(0.05, ge=0, lt=1)
     """Share of samples held out for evaluation (deterministic for a seed)."""
     max_eval_samples: int = Field(256, ge=1)
@@ -315,6 +318,10 @@ def _encode_all(config: TrainConfig, tokenizer: Any, conversations: list) -> lis
     count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
     encoded = []
     for index, messages in enumerate(conversations):
+        if config.context_turns is not None:
+            messages = messages[-(config.context_turns + 2):]
+            while len(messages) > 2 and messages[0]["role"] == "assistant":  # a sample starts with the user
+                messages = messages[1:]
         messages = cap_sample(messages, count, config.turn_tokens)
         if config.system_prompt:
             messages = [{"role": "system", "content": config.system_prompt}, *messages]
