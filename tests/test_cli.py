@@ -130,6 +130,31 @@ def test_full_demo(tmp_path: Path, embedded_cache: Path) -> None:
             abs(base["mean_reply_words"] - real["mean_reply_words"])
 
 
+#: Options params.yaml leaves to dvc.yaml's command lines (paths), the command line (serve's models, host and port)
+#: or the environment; every other option of every stage is in params.yaml, so that a new one is not forgotten.
+GIVEN_ELSEWHERE = {
+    "ingest": {"inputs", "output", "report"}, "pairs": {"input", "output", "report"},
+    "train": {"data", "output_dir", "report", "resume"}, "merge": {"adapter", "output", "base_model"},
+    "export": {"format", "model", "output_dir", "name", "report"},
+    "eval": {"model", "data", "output", "markdown", "split"},
+    "serve": {"sfw_model", "nsfw_model", "sfw_modelfile", "nsfw_modelfile", "host", "port"}, "bot": set(),
+}
+
+
+def test_params_yaml_names_every_option() -> None:
+    from conftest import REPO
+
+    from cookiebaker.cli import COMMANDS
+    from cookiebaker.config import read_params
+
+    params = read_params(REPO / "params.yaml")
+    for section, elsewhere in GIVEN_ELSEWHERE.items():
+        fields = set(COMMANDS[section].config_class().model_fields)
+        assert elsewhere <= fields, section
+        missing = fields - elsewhere - set(params[section])
+        assert not missing, f"params.yaml's {section} section lacks {sorted(missing)}"
+
+
 def test_params_yaml_is_valid_for_every_stage() -> None:
     from conftest import REPO
 
@@ -146,7 +171,10 @@ def test_params_yaml_is_valid_for_every_stage() -> None:
                          (MergeConfig, "merge"), (ExportConfig, "export")):
         build_config(cls, section, params)
     build_config(ServeConfig, "serve", params, {"sfw_model": "x"})
+    from cookiebaker.bot import BotConfig
     from cookiebaker.eval import EvalConfig
+
+    assert build_config(BotConfig, "bot", params).reply_probability == 0
 
     assert build_config(EvalConfig, "eval", params).max_samples == 64
     recipe = build_config(TrainConfig, "train", params)

@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 
-import pytest
 import yaml
 from conftest import REPO, missing
 
@@ -34,6 +33,40 @@ def test_compose_file_validates() -> None:
     command = services["cookiebaker"]["command"]
     assert "ollama:cookiebaker-sfw" in command and "ollama:cookiebaker-nsfw" in command
     assert "postgresql+psycopg://" in services["cookiebaker"]["environment"]["COOKIEBAKER_DATABASE_URL"]
+    # Profile "gpu": vLLM with both responders as LoRA modules on one base, cookiebaker in front of it.
+    engine, front = services["vllm"], services["cookiebaker-gpu"]
+    assert engine["profiles"] == front["profiles"] == ["gpu"]
+    assert engine["image"] == "vllm/vllm-openai:v0.11.0"  # pinned
+    flags = engine["command"]
+    assert flags[0] == "IlyaGusev/gemma-2-2b-it-abliterated" and "--enable-lora" in flags
+    modules = flags[flags.index("--lora-modules") + 1:flags.index("--lora-modules") + 3]
+    assert modules == ["cookiebaker-sfw=/models/SFW_lora", "cookiebaker-nsfw=/models/NSFW_lora"]
+    assert int(flags[flags.index("--max-lora-rank") + 1]) >= 8  # train.lora_r
+    assert engine["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    command = front["command"]
+    for label in ("sfw", "nsfw"):
+        assert command[command.index(f"--{label}-model") + 1] == f"openai:http://vllm:8000/v1#cookiebaker-{label}"
+        assert command[command.index(f"--{label}-modelfile") + 1] == f"/models/{label.upper()}_lora/Modelfile"
+    assert front["depends_on"]["vllm"]["condition"] == "service_healthy"
+    assert str(front["ports"][0]).startswith("127.0.0.1:8001:8000")  # loopback only
+    # Profile "bot": the Telegram bot in front of the service, its options from params.yaml's bot section.
+    bot = services["bot"]
+    assert bot["profiles"] == ["bot"] and bot["depends_on"]["cookiebaker"]["condition"] == "service_healthy"
+    assert bot["command"][:3] == ["bot", "--params", "/app/params.yaml"]
+    assert bot["command"][bot["command"].index("--service-url") + 1] == "http://cookiebaker:8000"
+    assert "TELEGRAM_BOT_TOKEN" in bot["environment"]
+    from cookiebaker.bot import BotConfig
+    from cookiebaker.config import build_config, read_params
+    from cookiebaker.pairs import PairsConfig
+    from cookiebaker.serve import ServeConfig
+
+    params = read_params(REPO / "params.yaml")
+    params["pairs"]["privacy"]["opt_out_sender_ids"].append(12345)  # the anchor: the bot reads the same list
+    assert build_config(BotConfig, "bot", params).opt_out_sender_ids == \
+        build_config(PairsConfig, "pairs", params).privacy.opt_out_sender_ids == ["user12345"]
+
+    options = {"sfw_model": command[2], "nsfw_model": command[4]}  # the flags are options serve has
+    assert build_config(ServeConfig, "serve", {}, options).sfw_model.endswith("#cookiebaker-sfw")
     without_key = subprocess.run([compose, "-f", str(REPO / "docker-compose.yml"), "config"], capture_output=True,
                                  text=True, env={k: v for k, v in os.environ.items() if k != "COOKIEBAKER_API_KEY"},
                                  cwd=REPO)

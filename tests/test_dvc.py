@@ -63,6 +63,9 @@ def test_dvc_repro_from_a_fresh_clone(tmp_path: Path, tiny_gemma: Path) -> None:
         assert (clone / "reports" / f"train_{label}_loss.json").is_file()
         assert (clone / "models" / f"{label}_gguf" / f"cookiebaker-{label.lower()}.f16.gguf").is_file()
         assert json.loads((clone / "reports" / f"export_{label}.json").read_text())["parity"]["agreement"] == 1.0
+        module = json.loads((clone / "reports" / f"lora_{label}.json").read_text())
+        assert module["module_name"] == f"cookiebaker-{label.lower()}" and module["base_model"] == str(tiny_gemma)
+        assert (clone / "models" / f"{label}_lora" / "adapter_model.safetensors").is_file()
         evaluated = json.loads((clone / "reports" / f"eval_{label}.json").read_text())
         assert evaluated["base_model"] == str(tiny_gemma) and evaluated["tuned"]["loss"] > 0
         assert "holds chat text" in (clone / "reports" / f"eval_{label}.md").read_text()

@@ -44,13 +44,28 @@ class Counting(Echo):
 
 
 FIELDS = {
-    "/webhook/response": ["prompt", "chat_id", "sfw", "client_name", "sender_name"],
-    "/api/chat": ["model", "messages", "stream", "options"],
+    "/webhook/response": ["prompt", "chat_id", "sfw", "client_name", "sender_name", "sender_id"],
+    "/webhook/turn": ["prompt", "chat_id", "client_name", "sender_name", "sender_id"],
+    "/webhook/forget": ["chat_id", "client_name", "sender_id"],
+    "/api/chat": ["model", "messages", "stream", "options", "format", "tools"],
     "/v1/chat/completions": ["model", "messages", "stream", "temperature", "top_p", "max_tokens",
-                             "max_completion_tokens", "stop", "seed"],
+                             "max_completion_tokens", "stop", "seed", "n", "logprobs", "top_logprobs",
+                             "response_format", "tools", "tool_choice", "functions", "function_call", "logit_bias",
+                             "frequency_penalty", "presence_penalty", "stream_options", "modalities", "prediction"],
+}
+#: Values of the options the service does not do (or does), so that the fuzzer asks for them, not only for junk.
+MEANINGFUL = {
+    "n": [1, 2, 3], "logprobs": [True, False], "top_logprobs": [0, 2], "tool_choice": ["none", "auto", "required"],
+    "response_format": [{"type": "text"}, {"type": "json_object"}], "tools": [[], [{"type": "function"}]],
+    "functions": [[], [{"name": "f"}]], "function_call": ["none", "auto", {"name": "f"}], "logit_bias": [{}, {"5": 1}],
+    "frequency_penalty": [0, 0.5], "presence_penalty": [0, -1], "stream_options": [{"include_usage": True}],
+    "modalities": [["text"], ["text", "audio"]], "prediction": [{"type": "content", "content": "x"}],
+    "format": ["", "json", {"type": "object"}], "stream": [True, False], "sender_id": ["user5", 5],
 }
 VALID = {
     "/webhook/response": {"prompt": "hi", "chat_id": 1},
+    "/webhook/turn": {"prompt": "hi", "chat_id": 1},
+    "/webhook/forget": {"chat_id": 1, "sender_id": "user5"},
     "/api/chat": {"model": "cookiebaker-sfw", "stream": False, "messages": [{"role": "user", "content": "hi"}]},
     "/v1/chat/completions": {"model": "cookiebaker-nsfw", "messages": [{"role": "user", "content": "hi"}]},
 }
@@ -76,6 +91,8 @@ def requests(draw) -> tuple[str, bytes]:  # noqa: ANN001
             body[field] = draw(messages_values | values)
         elif field == "options":
             body[field] = draw(options_values | values)
+        elif field in MEANINGFUL:
+            body[field] = draw(st.sampled_from(MEANINGFUL[field]) | values)
         else:
             body[field] = draw(values)
     for field in draw(st.lists(st.sampled_from(sorted(body)), max_size=1)):
@@ -90,6 +107,34 @@ def fuzzed_service(tmp_path_factory):  # noqa: ANN201
     return TestClient(app, raise_server_exceptions=False)
 
 
+def asked_for_what_is_not_done(path: str, body: object) -> str | None:
+    """An independent statement of what the service does not do (so must refuse, never answer as if it did):
+    several choices, log-probabilities, structured output, tools and functions, logit biases, audio, predicted
+    outputs; and penalties, which the fuzzed backends do not apply."""
+    if not isinstance(body, dict):
+        return None
+    given = lambda name: body.get(name) not in (None, False, 0, "", [], {})  # noqa: E731
+    if path == "/api/chat":
+        options = body.get("options") if isinstance(body.get("options"), dict) else {}
+        penalties = [options.get(k) for k in ("frequency_penalty", "presence_penalty")]
+        return next((name for name, asked in (("format", given("format")), ("tools", given("tools")),
+                                              ("penalties", any(p not in (None, 0) for p in penalties))) if asked), None)
+    if path != "/v1/chat/completions":
+        return None
+    checks = {
+        "n": body.get("n") not in (None, 1), "logprobs": given("logprobs") or given("top_logprobs"),
+        "response_format": isinstance(body.get("response_format"), dict)
+        and body["response_format"].get("type") not in (None, "text"),
+        "tools": given("tools") and body.get("tool_choice") != "none",
+        "tool_choice": body.get("tool_choice") not in (None, "none", "auto") and not given("tools"),
+        "functions": given("functions") or body.get("function_call") not in (None, "none", "auto"),
+        "logit_bias": given("logit_bias"), "audio": given("audio") or body.get("modalities") not in (None, ["text"]),
+        "prediction": given("prediction"),
+        "penalties": any(body.get(k) not in (None, 0) for k in ("frequency_penalty", "presence_penalty")),
+    }
+    return next((name for name, asked in checks.items() if asked), None)
+
+
 @FUZZ
 @given(request=requests())
 def test_fuzzed_requests_never_get_a_500_and_every_stream_ends_properly(fuzzed_service: TestClient,
@@ -100,6 +145,11 @@ def test_fuzzed_requests_never_get_a_500_and_every_stream_ends_properly(fuzzed_s
     if response.status_code >= 400:
         assert isinstance(response.json().get("error"), str)
         return
+    try:
+        asked = asked_for_what_is_not_done(path, json.loads(body))
+    except ValueError:
+        asked = None
+    assert asked is None, f"{path}: '{asked}' was asked for and silently ignored: {body[:300]!r}"
     content_type = response.headers["content-type"]
     if content_type.startswith("text/event-stream"):
         events = [line for line in response.text.splitlines() if line.startswith("data: ")]
@@ -116,6 +166,70 @@ def test_the_fuzzed_service_counted_every_answer(fuzzed_service: TestClient) -> 
     counted = sum(float(line.split()[-1]) for line in metrics.splitlines()
                   if line.startswith("cookiebaker_requests_total{"))
     assert counted >= FUZZ.max_examples and 'status="500"' not in metrics
+
+
+# ---- Connections that stop mid-request ----
+
+WIRE_PATHS = ["/webhook/response", "/webhook/turn", "/api/chat", "/v1/chat/completions"]
+
+
+@st.composite
+def cut_connections(draw) -> bytes:  # noqa: ANN001
+    """A valid request framed by Content-Length or chunked (sometimes with a chunk size that lies or is not hex),
+    cut anywhere: in the headers, in the body, or not at all."""
+    path = draw(st.sampled_from(WIRE_PATHS))
+    body = json.dumps({**VALID[path], "stream": draw(st.booleans())} if path in ("/api/chat", "/v1/chat/completions")
+                      else VALID[path]).encode()
+    framing = draw(st.sampled_from(["length", "short_length", "chunked", "lying_chunk", "bad_chunk"]))
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n".encode()
+    if framing in ("length", "short_length"):
+        declared = len(body) + (draw(st.integers(1, 500)) if framing == "short_length" else 0)
+        wire = head + f"Content-Length: {declared}\r\n\r\n".encode() + body
+    else:
+        size = {"chunked": f"{len(body):x}", "lying_chunk": f"{len(body) + draw(st.integers(1, 999)):x}",
+                "bad_chunk": draw(st.sampled_from(["ZZ", "-1", "", "0x10", "1" * 20]))}[framing]
+        wire = head + b"Transfer-Encoding: chunked\r\n\r\n" + f"{size}\r\n".encode() + body + b"\r\n0\r\n\r\n"
+    return wire[:draw(st.integers(0, len(wire)))]
+
+
+@pytest.fixture(scope="module")
+def wire_service(tmp_path_factory):  # noqa: ANN201
+    from conftest import serve_in_thread
+
+    app, _, _ = make_app(tmp_path_factory.mktemp("fuzz_wire"), sfw=Counting(), nsfw=Counting(),
+                         body_timeout_seconds=0.5)
+    port, server = serve_in_thread(app, header_timeout=0.5)
+    yield port
+    server.should_exit = True
+
+
+@settings(FUZZ, max_examples=150)
+@given(wire=cut_connections())
+def test_fuzzed_connections_that_stop_mid_request(wire_service: int, wire: bytes, caplog) -> None:  # noqa: ANN001
+    """Whatever a client sends before it hangs up: no 500, no traceback, and the service goes on answering."""
+    import socket
+
+    with caplog.at_level("INFO"), socket.create_connection(("127.0.0.1", wire_service), timeout=5) as connection:
+        connection.sendall(wire)
+        connection.shutdown(socket.SHUT_WR)
+        connection.settimeout(3)
+        answer = b""
+        try:
+            while chunk := connection.recv(65536):
+                answer += chunk
+        except (TimeoutError, ConnectionResetError):
+            pass
+    assert not answer.startswith(b"HTTP/1.1 5"), answer[:200]
+    assert "Traceback" not in caplog.text and not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+def test_the_service_outlived_the_cut_connections(wire_service: int) -> None:
+    import httpx
+
+    base = f"http://127.0.0.1:{wire_service}"
+    assert httpx.post(f"{base}/webhook/response", json={"prompt": "still there?", "chat_id": 7}).status_code == 200
+    metrics = httpx.get(f"{base}/metrics").text
+    assert 'status="500"' not in metrics and 'status="499"' in metrics  # hang-ups counted as such
 
 
 # ---- Exports ----

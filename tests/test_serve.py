@@ -101,6 +101,9 @@ def test_a_history_database_of_an_earlier_version_gets_the_new_columns(tmp_path:
                                                            "sender_name": "Ann"})
     assert reply.status_code == 200
     assert sfw.seen[-1] == [{"role": "user", "content": "hi"}, {"role": "user", "content": "again", "speaker": "Ann"}]
+    with sqlite3.connect(path) as db:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(cookiebaker_turns)")}
+    assert {"speaker", "sender_id", "reply_to"} <= columns
 
 
 def test_history_survives_a_restart(tmp_path: Path) -> None:
@@ -738,3 +741,34 @@ def test_a_generation_counts_against_the_queue_until_it_has_ended(tmp_path: Path
         assert backend.running == 0 and responders.pending["m"] == 0
 
     asyncio.run(leave_early())
+
+
+def turns_and_forgetting(client: TestClient, sfw: Echo, store) -> None:  # noqa: ANN001
+    """/webhook/turn stores context with its speaker and answers nothing; /webhook/forget deletes one person's
+    turns in one chat (and the replies to them), nobody else's. Shared by the SQLite and PostgreSQL tests."""
+    said = lambda body: client.post("/webhook/turn", json={"chat_id": 5, "client_name": "bot", **body})  # noqa: E731
+    assert said({"prompt": "pizza?", "sender_name": "Ann", "sender_id": "user1"}).json() == {"stored": 1}
+    assert said({"prompt": "yes!", "sender_name": "Bob", "sender_id": "user2"}).json() == {"stored": 1}
+    assert sfw.seen == []  # nothing generated
+    answered = client.post("/webhook/response", json={"prompt": "where?", "chat_id": 5, "client_name": "bot",
+                                                      "sender_name": "Ann", "sender_id": "user1"})
+    assert answered.status_code == 200
+    assert sfw.seen[-1] == [{"role": "user", "content": "pizza?", "speaker": "Ann"},
+                            {"role": "user", "content": "yes!", "speaker": "Bob"},
+                            {"role": "user", "content": "where?", "speaker": "Ann"}]  # no sender ids shown
+    assert said({"prompt": "in town", "sender_name": "Bob", "sender_id": "user2"}).status_code == 200
+    client.post("/webhook/turn", json={"chat_id": 6, "client_name": "bot", "prompt": "other chat", "sender_id": "user1"})
+    gone = client.post("/webhook/forget", json={"chat_id": 5, "client_name": "bot", "sender_id": "user1"})
+    assert gone.json() == {"deleted": 3}  # Ann's two turns and the reply to her question
+    assert store.recent("bot", "5", 10) == [{"role": "user", "content": "yes!", "speaker": "Bob"},
+                                            {"role": "user", "content": "in town", "speaker": "Bob"}]
+    assert [t["content"] for t in store.recent("bot", "6", 10)] == ["other chat"]  # another chat: kept
+    assert client.post("/webhook/forget", json={"chat_id": 5, "client_name": "bot", "sender_id": "user1"}).json() == \
+        {"deleted": 0}
+    refused = client.post("/webhook/forget", json={"chat_id": 5, "client_name": "bot"})
+    assert refused.status_code == 422 and "sender_id" in refused.json()["error"]
+
+
+def test_turns_without_replies_and_forgetting(tmp_path: Path) -> None:
+    app, sfw, _ = make_app(tmp_path)
+    turns_and_forgetting(TestClient(app), sfw, app.state.service.store)

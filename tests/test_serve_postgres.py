@@ -16,7 +16,7 @@ import httpx
 import pytest
 from conftest import free_port, missing
 from fastapi.testclient import TestClient
-from test_serve import Echo
+from test_serve import Echo, turns_and_forgetting
 
 from cookiebaker.serve import ServeConfig, build_app
 from cookiebaker.serve.history import HistoryStore
@@ -80,6 +80,13 @@ def test_history_in_postgres(postgres_url: str, tmp_path: Path) -> None:
     store = HistoryStore(postgres_url)
     assert [t["content"] for t in store.recent("pg", "9", 10)] == ["p1", "[3] p1", "p2", "[5] p2"]
     store.close()
+
+
+def test_turns_and_forgetting_in_postgres(postgres_url: str, tmp_path: Path) -> None:
+    config = ServeConfig(sfw_model="x", database_url=postgres_url, history_db=str(tmp_path / "unused.sqlite3"))
+    sfw = Echo()
+    app = build_app(config, backends={"cookiebaker-sfw": sfw})
+    turns_and_forgetting(TestClient(app), sfw, app.state.service.store)
 
 
 def _serve(model: Path, port: int, url: str, cwd: Path) -> subprocess.Popen:

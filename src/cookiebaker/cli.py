@@ -22,8 +22,9 @@ Turn consented group-chat exports (Telegram, WhatsApp, Discord) into fine-tuned 
 
 Only export chats whose participants agreed that their messages are used for training.
 Stages: ingest (exports → messages table) → pairs (messages → training samples)
-→ train (LoRA adapter) → merge (standalone model) → export (GGUF + Modelfile) → push (Ollama)
-→ eval (the replies: tuned vs base on the held-out samples) → serve (HTTP).
+→ train (LoRA adapter) → merge (standalone model) → export (GGUF + Modelfile, or LoRA modules) → push (Ollama)
+→ eval (the replies: tuned vs base on the held-out samples) → serve (HTTP) → bot (the responder in a
+Telegram group).
 Every option of every command is a flag (`cookiebaker COMMAND --help`) and lives in params.yaml under the
 command's section (--params FILE, default ./params.yaml); flags override the file."""
 
@@ -77,6 +78,11 @@ def _merge_summary(config: Any, report: dict) -> None:
 
 
 def _export_summary(config: Any, report: dict) -> None:
+    if report.get("format") == "lora":
+        print(f"export: {config.output_dir}: LoRA module {report['module_name']} (rank {report['rank']}, "
+              f"{report['tensors']} tensors, {report['adapter_bytes'] / 2**20:.1f} MiB) on {report['base_model']}")
+        print(f"  {' '.join(report['vllm'])}")
+        return
     parity = report["parity"]
     check = "not checked" if parity is None else (
         f"llama.cpp agrees on {parity['agreement']:.0%} of {len(parity['prompts'])} prompts, "
@@ -139,11 +145,13 @@ COMMANDS: dict[str, Command] = {
         "(safetensors) with every tokenizer file of the base.", _merge_summary),
     "export": Command(
         "cookiebaker.export", "ExportConfig", "convert a merged model to GGUF with an Ollama Modelfile, checked "
-        "against llama.cpp",
+        "against llama.cpp (or an adapter to a LoRA module for vLLM/SGLang)",
         "Convert a merged model to GGUF with llama.cpp's converter (f16, bf16, q8_0; K-quants through llama.cpp's "
         "quantizer), write the Ollama Modelfile (template, temperature, top_p, stops) and a variant that lets "
         "Ollama convert the safetensors itself, and check that llama.cpp generates the same tokens as "
-        "transformers. The merged folder is never changed.", _export_summary),
+        "transformers. --format lora instead writes train's adapter as a LoRA module that vLLM and SGLang load "
+        "beside the other responder on one base (checked against the base's modules), with the engine's command "
+        "line. The input folder is never changed.", _export_summary),
     "push": Command(
         "cookiebaker.export.push", "PushConfig", "create the exported model in Ollama and push it",
         "Run `ollama create NAME -f Modelfile` and `ollama push NAME` in the export folder, or, without the "
@@ -164,7 +172,18 @@ COMMANDS: dict[str, Command] = {
         "OpenAI's (streaming too), with model names cookiebaker-sfw and cookiebaker-nsfw; /healthz; /metrics "
         "(Prometheus). Set COOKIEBAKER_API_KEY to require Authorization: Bearer <key> (required off loopback). "
         "A model is a .gguf or export folder (llama.cpp in this process), a merged model folder (transformers), "
-        "or ollama:NAME.", _nothing),
+        "ollama:NAME, or openai:http://HOST:PORT/v1#MODEL (vLLM, SGLang, llama.cpp's server: any engine with "
+        "OpenAI's chat API; with --sfw-modelfile/--nsfw-modelfile for the export's system prompt and sampling).",
+        _nothing),
+    "bot": Command(
+        "cookiebaker.bot", "BotConfig", "the responder in a Telegram group: a bot that answers through `serve`",
+        "Long-poll Telegram's Bot API (token from TELEGRAM_BOT_TOKEN) and take part in the chats the bot is in: "
+        "answer every message in a private chat; in a group answer mentions, replies to the bot and trigger words "
+        "(and unasked with reply_probability), once per burst after debounce_seconds, at most once per "
+        "cooldown_seconds; store what it does not answer as context, with who said it. /sfw on|off (admins) picks "
+        "the responder per chat, /forget deletes the sender's messages from the history, /privacy says what is "
+        "kept. Opted-out senders are never stored or sent. Replies come from `cookiebaker serve` (service_url, "
+        "key from COOKIEBAKER_API_KEY).", _nothing),
     "report": Command(
         "cookiebaker.report", "ReportConfig", "draw PNG charts of the datasets and of training",
         "Charts in <workdir>/reports: messages per chat and per sender, reply and burst statistics, what was "

@@ -38,3 +38,7 @@ class DatasetError(CookiebakerError):
 
 class ModelError(CookiebakerError):
     """A base model, adapter or tokenizer cannot be found, loaded or used as asked."""
+
+
+class ServiceError(CookiebakerError):
+    """A service a command needs (the Bot API, an engine) cannot be reached or refuses it."""

@@ -37,6 +37,19 @@ MESSAGE_COLUMNS: dict[str, tuple[pl.DataType, str]] = {
 
 MESSAGE_SCHEMA = pl.Schema({name: dtype for name, (dtype, _) in MESSAGE_COLUMNS.items()})
 KINDS = ("message", "service", "unsupported")
+
+
+def canonical_sender_ids(values: list[str | int]) -> list[str]:
+    """Sender ids as the messages table writes them ('user123', 'channel123', 'discord:123'); a bare number is a
+    Telegram user (what a Telegram bot sees, and what users copy from an export)."""
+    out = []
+    for value in values:
+        text = str(value).strip()
+        if text.lstrip("-").isdigit():
+            text = f"user{text}"
+        out.append(text)
+    return out
+
 SOURCES = ("telegram", "whatsapp", "discord")
 
 

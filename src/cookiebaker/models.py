@@ -142,3 +142,12 @@ def copy_tokenizer_files(source: str, target: Path) -> list[str]:
                 shutil.copy2(Path(source) / name, target / name)
                 copied.append(name)
     return copied
+
+
+def find_adapter(path: str | Path) -> Path:
+    """A LoRA adapter folder (train's output or one of its checkpoint-N), checked to be one."""
+    path = Path(path)
+    if (path / "adapter_config.json").is_file():
+        return path
+    raise ModelError(f"{path} holds no LoRA adapter (adapter_config.json); give the train output folder or "
+                     "one of its checkpoint-N folders")

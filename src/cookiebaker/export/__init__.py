@@ -9,7 +9,8 @@ from typing import Literal, TypedDict
 from pydantic import Field
 
 from cookiebaker.config import StageConfig, save_resolved_config
-from cookiebaker.errors import ModelError
+from cookiebaker.errors import ConfigError, ModelError
+from cookiebaker.export.lora import LoraReport, export_lora
 from cookiebaker.gguf_convert import CONVERTER_TYPES, K_QUANTS, write_gguf
 from cookiebaker.io import atomic_path, write_json
 from cookiebaker.modelfile import default_system_prompt, family_of, render_modelfile
@@ -38,16 +39,22 @@ class ExportReport(TypedDict):
 
 
 class ExportConfig(StageConfig):
+    format: Literal["gguf", "lora"] = "gguf"
+    """``gguf``: the merged model as a GGUF + Ollama Modelfile (llama.cpp, Ollama, ``serve``); ``lora``: train's
+    adapter as a LoRA module for vLLM and SGLang (PEFT adapter, tokenizer, chat template, Modelfile), served beside
+    the other responder on one shared base, no merge."""
     model: str = "models/merged"
-    """The merged model folder written by ``cookiebaker merge``."""
+    """gguf: the merged model folder written by ``cookiebaker merge``; lora: the adapter folder written by
+    ``cookiebaker train`` (or one of its checkpoint-N)."""
     output_dir: str = "models/export"
-    """Where the GGUF, the Modelfiles and export.json go."""
+    """Where the GGUF (or the LoRA module), the Modelfiles and export.json go."""
     name: str = "cookiebaker"
-    """Model name: the GGUF file is ``<name>.<quantize>.gguf``; also the Ollama name for ``push``."""
+    """Model name: the GGUF file is ``<name>.<quantize>.gguf``; the Ollama name for ``push``; a LoRA module's
+    name in the engine (``--lora-modules NAME=...``)."""
     report: str | None = None
     """Also write export.json here (a DVC metric, which must live outside output_dir)."""
     quantize: Literal["f16", "bf16", "q8_0", "q4_K_M", "q5_K_M", "q6_K"] = "f16"
-    """GGUF type: f16/bf16/q8_0 straight from the converter; K-quants through llama.cpp's quantizer."""
+    """GGUF type: f16/bf16/q8_0 straight from the converter; K-quants through llama.cpp's quantizer (gguf only)."""
     temperature: float = Field(0.7, ge=0)
     """Modelfile PARAMETER temperature."""
     top_p: float = Field(0.7, gt=0, le=1)
@@ -55,7 +62,8 @@ class ExportConfig(StageConfig):
     stop: list[str] | None = None
     """Stop sequences; default: the family's (Gemma: <end_of_turn>, <eos>; ChatML: <|im_end|>, <|im_start|>)."""
     check: bool = True
-    """Compare llama.cpp with transformers greedily; an f16 export that disagrees fails the stage."""
+    """gguf: compare llama.cpp with transformers greedily, an f16 export that disagrees fails the stage. (A LoRA
+    export is always checked against its base: module names, shapes, what the engines refuse.)"""
     check_tokens: int = Field(16, ge=1)
     """Tokens generated per prompt in the check."""
     check_prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_PROMPTS))
@@ -69,7 +77,15 @@ def write_text(target: Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def run(config: ExportConfig) -> ExportReport:
+def run(config: ExportConfig) -> ExportReport | LoraReport:
+    if Path(config.output_dir).resolve() == Path(config.model).resolve():
+        raise ConfigError("export's output_dir is its model folder: give another folder (inputs are never changed)")
+    if config.format == "lora":
+        return export_lora(config)
+    return export_gguf(config)
+
+
+def export_gguf(config: ExportConfig) -> ExportReport:
     from transformers import AutoConfig, AutoTokenizer
 
     model = Path(config.model)

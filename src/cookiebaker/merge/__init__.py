@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Literal, TypedDict
 
 from cookiebaker.config import StageConfig, save_resolved_config
 from cookiebaker.errors import ModelError
+from cookiebaker.io import atomic_dir
 
-__all__ = ["MergeConfig", "run", "find_adapter"]
+__all__ = ["MergeConfig", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +35,6 @@ class MergeConfig(StageConfig):
     """Precision of the merged weights. The base is always loaded unquantized: never merge into 4-bit."""
 
 
-def find_adapter(path: str | Path) -> Path:
-    path = Path(path)
-    if (path / "adapter_config.json").is_file():
-        return path
-    raise ModelError(f"{path} holds no LoRA adapter (adapter_config.json); give the train output folder or "
-                     "one of its checkpoint-N folders")
-
-
 def _rewrite_merges_for_ollama(folder: Path) -> None:
     from cookiebaker.tokenizer_fix import AmbiguousMerges, ensure_added_tokens_decoder, rewrite_merges
 
@@ -61,7 +51,7 @@ def run(config: MergeConfig) -> MergeReport:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from cookiebaker.models import copy_tokenizer_files, load_failure, resolve_base_model
+    from cookiebaker.models import copy_tokenizer_files, find_adapter, load_failure, resolve_base_model
 
     adapter = find_adapter(config.adapter)
     recorded = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
@@ -77,25 +67,12 @@ def run(config: MergeConfig) -> MergeReport:
         raise load_failure(base, exc) from None
     merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     output = Path(config.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
+    with atomic_dir(output) as staging:
         merged.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         copied = copy_tokenizer_files(base, staging)  # the base's own files win (tokenizer.model for GGUF)
         _rewrite_merges_for_ollama(staging)
         save_resolved_config(config, staging / "merge_config.yaml")
-        if output.exists():
-            old = output.with_name(f".{output.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(output, old)
-            os.replace(staging, output)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     report: MergeReport = {"adapter": str(adapter), "base_model": reference, "output": str(output), "dtype": config.dtype,
               "tokenizer_files": sorted(set(copied) | {p.name for p in output.glob("tokenizer*")})}
     log.info("merge: %s + %s → %s", reference, adapter, output)

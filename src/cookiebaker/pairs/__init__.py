@@ -12,6 +12,7 @@ from pydantic import Field, field_validator, model_validator
 from cookiebaker.config import StageConfig, config_path_for, save_resolved_config
 from cookiebaker.errors import DatasetError
 from cookiebaker.io import write_json, write_parquet
+from cookiebaker.messages import canonical_sender_ids
 from cookiebaker.pairs.context import Speakers
 from cookiebaker.pairs.conversations import CONVERSATION_COLUMNS, build_conversations
 from cookiebaker.pairs.filters import read_messages
@@ -21,17 +22,6 @@ from cookiebaker.pairs.replies import PAIR_COLUMNS, build_reply_pairs
 __all__ = ["PairsConfig", "PrivacyConfig", "run", "PAIR_COLUMNS", "CONVERSATION_COLUMNS"]
 
 log = logging.getLogger(__name__)
-
-
-def _canonical_sender_ids(values: list[str | int]) -> list[str]:
-    """Sender ids as the messages table writes them: 'user123', 'channel123'; a bare number means a user."""
-    out = []
-    for value in values:
-        text = str(value).strip()
-        if text.lstrip("-").isdigit():
-            text = f"user{text}"
-        out.append(text)
-    return out
 
 
 class PairsReport(TypedDict, total=False):
@@ -67,7 +57,7 @@ class PrivacyConfig(StageConfig):
     scrub_card_numbers: bool = True
     """Replace payment-card numbers (13-19 digits passing the Luhn check) with [CARD]."""
 
-    _canonical = field_validator("opt_out_sender_ids")(classmethod(lambda cls, v: _canonical_sender_ids(v)))
+    _canonical = field_validator("opt_out_sender_ids")(classmethod(lambda cls, v: canonical_sender_ids(v)))
 
 
 class PairsConfig(StageConfig):
@@ -106,7 +96,7 @@ class PairsConfig(StageConfig):
     """Privacy filters, on by default."""
 
     _canonical = field_validator("bot_sender_ids", "response_sender_ids")(
-        classmethod(lambda cls, v: _canonical_sender_ids(v))
+        classmethod(lambda cls, v: canonical_sender_ids(v))
     )
 
     @model_validator(mode="after")

@@ -6,7 +6,7 @@ import ipaddress
 import logging
 import os
 import socket
-
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -21,9 +21,16 @@ log = logging.getLogger(__name__)
 
 class ServeConfig(StageConfig):
     sfw_model: str | None = None
-    """SFW responder: a .gguf, an export folder, a merged model folder, or ollama:NAME."""
+    """SFW responder: a .gguf, an export folder, a merged model folder, ollama:NAME, or an engine with OpenAI's
+    chat API, openai:http://HOST:PORT/v1#MODEL (vLLM, SGLang, llama.cpp's server; key from
+    COOKIEBAKER_ENGINE_API_KEY)."""
     nsfw_model: str | None = None
     """NSFW responder, the same kinds of reference."""
+    sfw_modelfile: str | None = None
+    """A Modelfile whose SYSTEM prompt, temperature, top_p and stops the SFW responder uses instead of its own:
+    for an openai: engine, the one ``export --format lora`` wrote beside the adapter (the engine knows none)."""
+    nsfw_modelfile: str | None = None
+    """The same for the NSFW responder."""
     host: str = "127.0.0.1"
     """Address to bind; any non-loopback address needs COOKIEBAKER_API_KEY."""
     port: int = Field(8000, ge=0, le=65535)
@@ -69,8 +76,15 @@ class ServeConfig(StageConfig):
 
     @model_validator(mode="after")
     def _check(self) -> ServeConfig:
-        if not self.sfw_model and not self.nsfw_model:
-            raise ValueError("give at least one of 'sfw_model' and 'nsfw_model'")
+        problems = [] if self.sfw_model or self.nsfw_model else ["give at least one of 'sfw_model' and 'nsfw_model'"]
+        for label in ("sfw", "nsfw"):
+            modelfile = getattr(self, f"{label}_modelfile")
+            if modelfile and not getattr(self, f"{label}_model"):
+                problems.append(f"'{label}_modelfile' without '{label}_model'")
+            elif modelfile and not Path(modelfile).is_file():
+                problems.append(f"'{label}_modelfile': {modelfile} is not a file")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
 
@@ -88,7 +102,7 @@ def is_loopback(host: str) -> bool:
 
 def build_app(config: ServeConfig, backends: dict | None = None):  # noqa: ANN201
     """The FastAPI app for a config; ``backends`` (name → Backend) replaces loading the models (tests)."""
-    from cookiebaker.backends import Sampling, open_backend
+    from cookiebaker.backends import Sampling, open_backend, sampling_from_modelfile
     from cookiebaker.serve.app import NSFW, SFW, create_app
     from cookiebaker.serve.history import HistoryStore
 
@@ -101,7 +115,9 @@ def build_app(config: ServeConfig, backends: dict | None = None):  # noqa: ANN20
                     opened[reference] = open_backend(reference, config.context_tokens)
                 backends[name] = opened[reference]
                 log.info("%s → %s", name, backends[name].description)
-    samplings = {name: getattr(backend, "default", None) or Sampling() for name, backend in backends.items()}
+    modelfiles = {SFW: config.sfw_modelfile, NSFW: config.nsfw_modelfile}
+    samplings = {name: sampling_from_modelfile(Path(modelfiles[name])) if modelfiles.get(name)
+                 else getattr(backend, "default", None) or Sampling() for name, backend in backends.items()}
     samplings = {name: sampling.merged(max_tokens=config.max_tokens, temperature=config.temperature,
                                        top_p=config.top_p) for name, sampling in samplings.items()}
     database = config.database_url or os.environ.get("COOKIEBAKER_DATABASE_URL") or config.history_db

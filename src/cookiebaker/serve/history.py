@@ -26,6 +26,8 @@ class Turn(_Base):
     """Who wrote a user turn, as the model is shown (``Name: text``); null for the responder's own turns."""
     sender_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
     """The client's id of that person (what /forget-style deletions select by); never shown to the model."""
+    reply_to: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    """For the responder's turn: the id of the user turn it answered (deleted with it by ``forget``)."""
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True),
                                                  default=lambda: datetime.now(timezone.utc))
 
@@ -79,14 +81,32 @@ class HistoryStore:
     def add(self, client_name: str, chat_id: str, turns: list[dict[str, str]]) -> None:
         """Store turns (role, content, and for a user turn its speaker and sender id) in one transaction."""
         with Session(self.engine) as session, session.begin():
-            session.add_all(Turn(client_name=client_name, chat_id=chat_id, role=t["role"], content=t["content"],
-                                 speaker=t.get("speaker"), sender_id=t.get("sender_id")) for t in turns)
+            rows = [Turn(client_name=client_name, chat_id=chat_id, role=t["role"], content=t["content"],
+                         speaker=t.get("speaker"), sender_id=t.get("sender_id")) for t in turns]
+            session.add_all(rows)
+            session.flush()
+            for before, row in zip(rows, rows[1:]):  # a reply stored with the turn it answers
+                if before.role == "user" and row.role == "assistant":
+                    row.reply_to = before.id
             session.flush()
             keep = select(Turn.id).where(Turn.client_name == client_name, Turn.chat_id == chat_id) \
                 .order_by(Turn.id.desc()).limit(self.max_turns_stored).scalar_subquery()
             oldest_kept = select(Turn.id).where(Turn.id.in_(keep)).order_by(Turn.id).limit(1).scalar_subquery()
             session.execute(delete(Turn).where(Turn.client_name == client_name, Turn.chat_id == chat_id,
                                                Turn.id < oldest_kept))
+
+    def forget(self, client_name: str, chat_id: str, sender_id: str) -> int:
+        """Delete a person's turns in a chat and the replies given to them (the assistant turn stored with each),
+        in one transaction; returns how many turns were deleted."""
+        with Session(self.engine) as session, session.begin():
+            theirs = session.scalars(select(Turn.id).where(Turn.client_name == client_name, Turn.chat_id == chat_id,
+                                                           Turn.sender_id == sender_id)).all()
+            if not theirs:
+                return 0
+            deleted = session.execute(delete(Turn).where(
+                Turn.client_name == client_name, Turn.chat_id == chat_id,
+                Turn.id.in_(theirs) | Turn.reply_to.in_(theirs)))
+            return deleted.rowcount
 
     def close(self) -> None:
         self.engine.dispose()

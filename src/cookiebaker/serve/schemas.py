@@ -135,6 +135,22 @@ class WebhookRequest(Body):
         return anonymous_client(key)
 
 
+class TurnRequest(WebhookRequest):
+    """POST /webhook/turn: a message of the chat stored as context for later replies, answered by nothing (a
+    group bot that sees more than it answers). ``sfw`` is not read."""
+
+
+class ForgetRequest(Body):
+    """POST /webhook/forget: delete a person's turns in a chat (and the replies to them)."""
+
+    chat_id: Annotated[str, StringConstraints(min_length=1, max_length=KEY_CHARACTERS)] | int
+    client_name: Annotated[str, Printable, StringConstraints(min_length=1)] | None = None
+    sender_id: Annotated[str, StringConstraints(min_length=1, max_length=KEY_CHARACTERS)] | int
+
+    client = WebhookRequest.client
+    chat = WebhookRequest.chat
+
+
 def anonymous_client(key: str | None) -> str:
     """The history key of clients that give no name: one per API key (a digest, never the key), which no named
     client can claim (names hold no control characters)."""
