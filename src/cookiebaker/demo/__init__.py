@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -48,6 +49,12 @@ class DemoConfig(StageConfig):
     """The system text the responders are trained and served with (export writes it into the Modelfile).
     SmolLM2's template adds its own 16-token assistant prompt to a chat that has none; a short one costs less of
     the CPU's training time and fits a twin better. None: the template's own."""
+    mode: Literal["pairs", "conversations"] = "pairs"
+    """Samples the responders are trained on (``pairs.mode``)."""
+    context_turns: int = Field(0, ge=0)
+    """Earlier messages of the chat given with each pair (``pairs.context_turns``; 0: the query alone)."""
+    speakers: Literal["names", "aliases", "none"] = "none"
+    """Who speaks in the user turns (``pairs.speakers``); the service is asked alike (names unless none)."""
     quantize: str = "q8_0"
     """GGUF type of the exports."""
     eval_samples: int = Field(64, ge=1)
@@ -102,7 +109,8 @@ def _ingest(config: DemoConfig, paths: Paths) -> None:
 
 def _pairs(config: DemoConfig, paths: Paths) -> None:
     pairs.run(pairs.PairsConfig(input=str(paths.messages), output=str(paths.samples),
-                                report=str(paths.report("pairs"))))
+                                report=str(paths.report("pairs")), mode=config.mode,
+                                context_turns=config.context_turns, speakers=config.speakers))
 
 
 def _train(config: DemoConfig, paths: Paths) -> None:
@@ -158,7 +166,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ask_the_service(workdir: Path, exports: dict[str, Path]) -> dict[str, str]:
+def _ask_the_service(config: DemoConfig, workdir: Path, exports: dict[str, Path]) -> dict[str, str]:
     """Start the service in this process on a free loopback port and send one webhook per route."""
     import httpx
     import uvicorn
@@ -166,7 +174,8 @@ def _ask_the_service(workdir: Path, exports: dict[str, Path]) -> dict[str, str]:
     from cookiebaker.serve import ServeConfig, build_app
 
     config = ServeConfig(sfw_model=str(exports["SFW"]), nsfw_model=str(exports["NSFW"]),
-                         history_db=str(workdir / "serve" / "history.sqlite3"), max_tokens=48)
+                         history_db=str(workdir / "serve" / "history.sqlite3"), max_tokens=48,
+                         speakers="none" if config.speakers == "none" else "names")
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(build_app(config), host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -206,7 +215,7 @@ def run(config: DemoConfig) -> dict:
                     stage(config, paths)
                 progress.advance(task)
         progress.update(task, description="serve")
-        replies = _ask_the_service(workdir, {label: Paths(workdir, label).export for label in LABELS})
+        replies = _ask_the_service(config, workdir, {label: Paths(workdir, label).export for label in LABELS})
         progress.advance(task)
     summary: dict = {label: _label_summary(Paths(workdir, label), replies[label]) for label in LABELS}
     from cookiebaker import report
