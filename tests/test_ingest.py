@@ -372,12 +372,12 @@ def test_readers_are_chosen_by_content(tmp_path: Path, telegram_dir: Path) -> No
     reader = TelegramReader()
     for name in REAL_FILES:  # every real export, single-chat and full-account, is recognised by its content
         head = (telegram_dir / name).read_bytes()[:4096]
-        assert reader.detect(head), name
+        assert reader.detect(head, telegram_dir / name), name
     disguised = tmp_path / "export.txt"  # the name does not matter
     disguised.write_bytes((telegram_dir / "tg2md" / "result.json").read_bytes())
     assert reader_for(disguised).name == "telegram" and read_export(disguised).height > 0
     for content in (b'{"rows": []}', b"<!DOCTYPE html><html>", b"[1, 2, 3]", b"\xef\xbb\xbf" + b'{"foo": 1}'):
-        assert not reader.detect(content), content
+        assert not reader.detect(content, tmp_path / "x.json"), content
     other = tmp_path / "other.json"
     other.write_bytes(b'{"rows": []}')
     with pytest.raises(InputFileError, match="other.json"):  # no reader claims it: the first one says why

@@ -218,6 +218,7 @@ def run(config: DemoConfig) -> dict:
         replies = _ask_the_service(config, workdir, {label: Paths(workdir, label).export for label in LABELS})
         progress.advance(task)
     summary: dict = {label: _label_summary(Paths(workdir, label), replies[label]) for label in LABELS}
+    summary["samples"] = {"mode": config.mode, "context_turns": config.context_turns, "speakers": config.speakers}
     from cookiebaker import report
 
     summary["charts"] = [str(p) for p in report.run(report.ReportConfig(workdir=str(workdir)))]
