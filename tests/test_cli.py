@@ -81,13 +81,16 @@ def test_demo_quick_runs_the_whole_chain(tmp_path: Path, embedded_cache: Path) -
     result = run_cli("demo", "--workdir", str(tmp_path / "demo"), "--quick")
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert set(summary["stage_seconds"]) == {"ingest", "pairs", "train", "merge", "export", "eval", "serve", "charts"}
+    assert "seconds by stage (both labels): ingest" in result.stdout
     for label in ("SFW", "NSFW"):
         entry = summary[label]
         assert set(entry) >= {"eval_loss_before", "eval_loss_after", "gguf", "reply", "pairs", "train_seconds"}
         assert entry["pairs"] > 30 and Path(entry["gguf"]).is_file() and entry["gguf"].endswith(".q8_0.gguf")
         assert isinstance(entry["reply"], str) and entry["reply"].strip()
         assert entry["eval_loss_after"] < entry["eval_loss_before"]
-        measured = {"loss", "echo_rate", "loop_rate", "empty_rate", "stop_rate", "distinct_2", "mean_reply_words"}
+        measured = {"loss", "echo_rate", "loop_rate", "empty_rate", "stop_rate", "distinct_2", "mean_reply_words",
+                    "context_hit", "judge_hit", "style_auc", "top5_share", "unique_rate", "length_w1"}
         assert measured <= set(entry["eval"]["tuned"]) and measured <= set(entry["eval"]["base"])
         assert {"mean_reply_words", "distinct_2"} <= set(entry["eval"]["real"])
         assert entry["eval"]["tuned"]["generated"] == 8

@@ -11,7 +11,8 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -199,12 +200,22 @@ def _ask_the_service(config: DemoConfig, workdir: Path, exports: dict[str, Path]
     return replies
 
 
+@contextmanager
+def _timed(seconds: dict[str, float], name: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - started
+
+
 def run(config: DemoConfig) -> dict:
     """Sample chats → every stage for both labels → the service, asked once per route → charts and summary."""
     started = time.perf_counter()
     workdir = Path(config.workdir)
     if not all((workdir / "data" / label / "result.json").is_file() for label in LABELS):
         write_sample_exports(workdir / "data", 120 if config.quick else config.messages_per_chat)
+    seconds: dict[str, float] = {}  # where the time went, stage by stage (both labels), this run only
     with progress_bar() as progress:
         task = progress.add_task("demo", total=len(LABELS) * len(STAGES) + 1)
         for label in LABELS:
@@ -212,16 +223,20 @@ def run(config: DemoConfig) -> dict:
             for name, stage, done in STAGES:
                 progress.update(task, description=f"{name} {label}")
                 if not done(paths).is_file():
-                    stage(config, paths)
+                    with _timed(seconds, name):
+                        stage(config, paths)
                 progress.advance(task)
         progress.update(task, description="serve")
-        replies = _ask_the_service(config, workdir, {label: Paths(workdir, label).export for label in LABELS})
+        with _timed(seconds, "serve"):
+            replies = _ask_the_service(config, workdir, {label: Paths(workdir, label).export for label in LABELS})
         progress.advance(task)
     summary: dict = {label: _label_summary(Paths(workdir, label), replies[label]) for label in LABELS}
     summary["samples"] = {"mode": config.mode, "context_turns": config.context_turns, "speakers": config.speakers}
     from cookiebaker import report
 
-    summary["charts"] = [str(p) for p in report.run(report.ReportConfig(workdir=str(workdir)))]
+    with _timed(seconds, "charts"):
+        summary["charts"] = [str(p) for p in report.run(report.ReportConfig(workdir=str(workdir)))]
+    summary["stage_seconds"] = {name: round(value, 1) for name, value in seconds.items()}
     summary["total_seconds"] = round(time.perf_counter() - started, 1)
     write_json(summary, workdir / "summary.json")
     _print_summary(workdir, summary)
@@ -270,6 +285,9 @@ def _loss(value: float | None) -> str:
 
 def _print_summary(workdir: Path, summary: dict) -> None:
     print(f"\ncookiebaker demo finished in {summary['total_seconds']:.0f} s — everything is in {workdir}/")
+    if summary["stage_seconds"]:
+        print("  seconds by stage (both labels): "
+              + ", ".join(f"{name} {value:.0f}" for name, value in summary["stage_seconds"].items()))
     for label in LABELS:
         s = summary[label]
         print(f"\n  {label}: {s['pairs']} training samples, {s['train_seconds']:.0f} s of training; held-out loss "
