@@ -58,7 +58,7 @@ def run_measured(args: list[str]) -> tuple[float, int]:
     """Wall seconds of a command (until it is reaped), and the peak of the summed resident memory of it and its
     child processes, sampled every 50 ms by a thread (or the command's own peak RSS, if that is larger)."""
     started = time.perf_counter()
-    process = subprocess.Popen(args, env={**os.environ, "COOKIEBAKER_PROGRESS": "off"})
+    process = subprocess.Popen(args, env={**os.environ, "COOKIEBAKER_PROGRESS": "off"}, stdout=subprocess.DEVNULL)
     peak = 0
     done = threading.Event()
 

@@ -150,14 +150,14 @@ def test_conversations(tmp_path: Path) -> None:
         msg(7, "morning", **B, date=T0 + 7200), msg(8, "morning!", **A, date=T0 + 7210),
         msg(9, "lonely", **C, date=T0 + 20000),
     ]
-    frame, report = make_pairs(tmp_path, messages, mode="conversations")
+    frame, report = make_pairs(tmp_path, messages, mode="conversations", speakers="none")
     convs = frame["messages"].to_list()
     assert [{k: t[k] for k in ("role", "content")} for t in convs[0]] == [
         {"role": "user", "content": "hi all"}, {"role": "assistant", "content": "hey\nwhat's up"},
         {"role": "user", "content": "not much"}, {"role": "assistant", "content": "cool"}]
     assert [{k: t[k] for k in ("role", "content")} for t in convs[1]] == [
         {"role": "user", "content": "morning"}, {"role": "assistant", "content": "morning!"}]
-    assert {t["speaker"] for conv in convs for t in conv} == {None}  # speakers: none (the default)
+    assert {t["speaker"] for conv in convs for t in conv} == {None}  # speakers: none
     assert len(convs) == 2 and report["sessions"] == 3 and report["sessions_without_exchange"] == 1
     assert report["dropped"]["not_a_message"] == 1 and "messages_dropped" not in report
     for conv in convs:
@@ -168,10 +168,12 @@ def test_conversations(tmp_path: Path) -> None:
 
 def test_conversations_speaking_as_one_person_and_max_turns(tmp_path: Path) -> None:
     messages = [msg(i, f"m{i}", **(B if i % 3 == 0 else A if i % 3 == 1 else C), date=T0 + i * 10) for i in range(1, 13)]
-    frame, _ = make_pairs(tmp_path, messages, mode="conversations", response_sender_ids=["user2"])
+    frame, _ = make_pairs(tmp_path, messages, mode="conversations", response_sender_ids=["user2"], speakers="none")
     (conv,) = frame["messages"].to_list()
     assert [t["role"] for t in conv] == ["user", "assistant"] * 4
     assert conv[0]["content"] == "m1\nm2" and conv[1]["content"] == "m3"
+    frame, _ = make_pairs(tmp_path, messages, mode="conversations", response_sender_ids=["user2"])  # names
+    assert frame["messages"].to_list()[0][0]["content"] == "Alice: m1\nCarol: m2"  # two people stay two people
     frame, _ = make_pairs(tmp_path, messages, mode="conversations", response_sender_ids=["user2"], max_turns=2)
     assert frame.height == 4 and set(frame["turns"]) == {2}
 
@@ -247,10 +249,13 @@ def test_context_is_the_sessions_messages_before_the_query(tmp_path: Path) -> No
     frame, _ = make_pairs(tmp_path, _thread(), context_turns=10, speakers="aliases")
     assert _contexts(frame)["at mine"] == [("Member 1", "pizza tonight?"), ("Member 2", "I'm in, Carol says hi"),
                                            ("Member 3", "where?")]  # in the order they first wrote
-    frame, _ = make_pairs(tmp_path, _thread(), context_turns=10)
+    frame, _ = make_pairs(tmp_path, _thread(), context_turns=10, speakers="none")
     assert {s for c in _contexts(frame).values() for s, _ in c} == {None} and set(frame["query_speaker"]) == {None}
-    frame, _ = make_pairs(tmp_path, _thread())  # the default: the query alone
+    frame, _ = make_pairs(tmp_path, _thread(), context_turns=0)  # the query alone
     assert all(not c for c in _contexts(frame).values())
+    frame, _ = make_pairs(tmp_path, _thread())  # the default: six earlier messages, with their speakers' names
+    assert _contexts(frame)["at mine"] == [("Alice", "pizza tonight?"), ("Carol", "I'm in, Carol says hi"),
+                                           ("Bob", "where?")]
 
 
 def test_opted_out_senders_are_neither_context_nor_names(tmp_path: Path) -> None:

@@ -52,9 +52,9 @@ class DemoConfig(StageConfig):
     the CPU's training time and fits a twin better. None: the template's own."""
     mode: Literal["pairs", "conversations"] = "pairs"
     """Samples the responders are trained on (``pairs.mode``)."""
-    context_turns: int = Field(0, ge=0)
+    context_turns: int = Field(6, ge=0)
     """Earlier messages of the chat given with each pair (``pairs.context_turns``; 0: the query alone)."""
-    speakers: Literal["names", "aliases", "none"] = "none"
+    speakers: Literal["names", "aliases", "none"] = "names"
     """Who speaks in the user turns (``pairs.speakers``); the service is asked alike (names unless none)."""
     quantize: str = "q8_0"
     """GGUF type of the exports."""

@@ -69,10 +69,11 @@ class PairsConfig(StageConfig):
     """Where the pairs report (JSON, a DVC metric) is written; default ``<output stem>_report.json``."""
     mode: Literal["pairs", "conversations"] = "pairs"
     """``pairs``: (query, response) from replies and bursts. ``conversations``: multi-turn samples."""
-    context_turns: int = Field(0, ge=0)
+    context_turns: int = Field(6, ge=0)
     """Pairs: the chat's messages before each query given with it (at most this many, from the same session), as
-    the service gives a chat's earlier turns with every message it answers; 0: the query alone."""
-    speakers: Speakers = "none"
+    the service gives a chat's earlier turns with every message it answers; 0: the query alone. 6 by the demo's
+    measures (README: "Context and speakers")."""
+    speakers: Speakers = "names"
     """Who speaks in the user turns (as ``Name: text``, the way the service renders a webhook's sender_name):
     ``names`` from the export, ``aliases`` (Member 1, Member 2, ... per chat, in the order they first wrote) or
     ``none``."""
