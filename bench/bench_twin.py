@@ -1,9 +1,9 @@
-"""Benchmark: which training samples make a twin of the chat? The demo, once per sample recipe, measured by eval.
+"""Benchmark: which training samples make a twin of the chat? The demo, once per recipe, measured by eval.
 
     python bench/bench_twin.py [--variants pairs,context,context_names,conversations] [--avx2]
 
 Each variant runs ``cookiebaker demo`` (both labels: the same sample chats, the same schedule) into its own folder
-under bench/results/twin/, with one recipe of samples (``pairs.mode``, ``context_turns``, ``speakers``), and
+under bench/results/twin/, with one recipe of samples (``pairs.mode``, ``context_turns``, ``speakers``; one variant a steeper learning rate), and
 prints the eval measures of the served GGUFs (tuned, base, real) side by side: style_auc, context_hit, judge_hit,
 top5_share, echo, loops, stops, and the demo's seconds. ``--avx2`` runs the demo as on a CPU without AVX-512 or
 native bf16 (PyTorch's AVX2 kernels, oneDNN capped at AVX2, so training runs in fp32: the slowest CPU the demo's
@@ -33,6 +33,8 @@ VARIANTS = {
     "context_names": {"mode": "pairs", "context_turns": 6, "speakers": "names"},
     "conversations": {"mode": "conversations", "context_turns": 0, "speakers": "none"},
     "conversations_names": {"mode": "conversations", "context_turns": 0, "speakers": "names"},
+    # The same budget, a steeper schedule: does the default recipe learn more in the demo's 60 steps?
+    "context_names_lr1e-3": {"mode": "pairs", "context_turns": 6, "speakers": "names", "learning_rate": 1e-3},
 }
 MEASURES = ("loss", "context_hit", "judge_hit", "style_auc", "top5_share", "echo_rate", "loop_rate", "stop_rate",
             "mean_reply_words")

@@ -27,8 +27,8 @@ ALIAS = "cb-tiny"
 class Engine:
     """llama-cpp-python's server in a process of its own, started and killed at will."""
 
-    def __init__(self, gguf: Path) -> None:
-        self.gguf, self.port, self.process = gguf, free_port(), None
+    def __init__(self, gguf: Path, log: Path | None = None) -> None:
+        self.gguf, self.port, self.process, self.log = gguf, free_port(), None, log
 
     @property
     def reference(self) -> str:
@@ -38,7 +38,7 @@ class Engine:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "llama_cpp.server", "--model", str(self.gguf), "--model_alias", ALIAS,
              "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "1024", "--verbose", "False"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=self.log.open("ab") if self.log else subprocess.DEVNULL, stderr=subprocess.STDOUT)
         for _ in range(300):
             try:
                 if httpx.get(f"http://127.0.0.1:{self.port}/v1/models", timeout=1).status_code == 200:
@@ -104,29 +104,45 @@ def test_the_service_in_front_of_the_engine(engine: Engine, tmp_path: Path) -> N
         server.should_exit = True
 
 
-def test_a_client_hanging_up_closes_the_engines_request(engine: Engine, tmp_path: Path) -> None:
-    """The engine generates one request at a time: had the abandoned stream gone on (2,000 tokens), the next
-    request would wait for it."""
-    app = build_app(ServeConfig(sfw_model=engine.reference, history_db=str(tmp_path / "h.sqlite3"),
+@pytest.fixture(scope="module")
+def talking_engine(tmp_path_factory):  # noqa: ANN201
+    """The engine on the embedded SmolLM2, whose long replies stream a token at a time (the tiny random model's
+    greedy text can hold back partial characters for hundreds of tokens inside one step, where nothing can stop
+    it), with its log kept."""
+    from cookiebaker.models import embedded_gguf
+
+    running = Engine(embedded_gguf("smollm2-135m"), log=tmp_path_factory.mktemp("engine") / "engine.log")
+    running.start()
+    yield running
+    running.kill()
+
+
+def test_a_client_hanging_up_closes_the_engines_request(talking_engine: Engine, tmp_path: Path) -> None:
+    """The engine generates one request at a time: had the abandoned stream gone on (a story of some 600 tokens),
+    the engine would not log the hang-up, and the next request would wait for it."""
+    app = build_app(ServeConfig(sfw_model=talking_engine.reference, history_db=str(tmp_path / "h.sqlite3"),
                                 max_tokens_limit=4096))
     port, server = serve_in_thread(app)
     base = f"http://127.0.0.1:{port}"
+    quick_body = {"model": "cookiebaker-sfw", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
     try:
         started = time.perf_counter()
-        quick = httpx.post(f"{base}/v1/chat/completions", timeout=120, json={
-            "model": "cookiebaker-sfw", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+        quick = httpx.post(f"{base}/v1/chat/completions", timeout=120, json=quick_body)
         alone = time.perf_counter() - started
-        endless = {"model": "cookiebaker-sfw", "stream": True, "max_tokens": 2000, "temperature": 0,
-                   "messages": [{"role": "user", "content": "tell me everything"}]}
+        endless = {"model": "cookiebaker-sfw", "stream": True, "max_tokens": 2000, "temperature": 0, "messages": [
+            {"role": "user", "content": "Write a very long story about a dragon, at least 3000 words."}]}
         with httpx.stream("POST", f"{base}/v1/chat/completions", json=endless, timeout=60) as stream:
             for line in stream.iter_lines():
                 if '"content": "' in line and '"content": ""' not in line:
                     break  # one piece, then hang up
+        deadline = time.monotonic() + 30
+        while b"Disconnected from client" not in talking_engine.log.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert b"Disconnected from client" in talking_engine.log.read_bytes()  # the engine saw its request end
         started = time.perf_counter()
-        after = httpx.post(f"{base}/v1/chat/completions", timeout=120, json={
-            "model": "cookiebaker-sfw", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+        after = httpx.post(f"{base}/v1/chat/completions", timeout=120, json=quick_body)
         assert quick.status_code == after.status_code == 200
-        assert time.perf_counter() - started < alone + 5  # not the 2,000 tokens of the abandoned stream
+        assert time.perf_counter() - started < alone + 5  # not the rest of the abandoned story
     finally:
         server.should_exit = True
 

@@ -85,7 +85,8 @@ def _export_summary(config: Any, report: dict) -> None:
         return
     parity = report["parity"]
     check = "not checked" if parity is None else (
-        f"llama.cpp agrees on {parity['agreement']:.0%} of {len(parity['prompts'])} prompts, "
+        f"llama.cpp agrees on {parity['agreement']:.0%} of {len(parity['prompts'])} prompts "
+        f"(logit error {parity['logit_error']:.3f}), "
         f"tokenizer {'matches' if parity['tokenizer_matches'] else 'DIFFERS'}, "
         f"end of turn {'stops' if parity['end_of_turn_stops_generation'] else 'does NOT stop'} generation")
     print(f"export: {report['gguf']} ({report['gguf_bytes'] / 2**20:.1f} MiB, {report['quantize']}); {check}")
