@@ -35,10 +35,13 @@ class Engine:
         return f"openai:http://127.0.0.1:{self.port}/v1#{ALIAS}"
 
     def start(self) -> None:
+        log = self.log.open("ab") if self.log else subprocess.DEVNULL
         self.process = subprocess.Popen(
             [sys.executable, "-m", "llama_cpp.server", "--model", str(self.gguf), "--model_alias", ALIAS,
              "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "1024", "--verbose", "False"],
-            stdout=self.log.open("ab") if self.log else subprocess.DEVNULL, stderr=subprocess.STDOUT)
+            stdout=log, stderr=subprocess.STDOUT)
+        if self.log:
+            log.close()  # the engine holds its own copy
         for _ in range(300):
             try:
                 if httpx.get(f"http://127.0.0.1:{self.port}/v1/models", timeout=1).status_code == 200:

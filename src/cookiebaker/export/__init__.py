@@ -38,9 +38,9 @@ class ExportReport(TypedDict):
     parity: dict | None
 
 
-#: The parity check's default tolerance per GGUF type (see ExportConfig.logit_tolerance). Measured (bench/parity
-#: numbers in the README): f16 0.002-0.003, bf16 0.010-0.016, q8_0 0.03-0.10, q4_K_M 0.12-0.30; the SFW responder's
-#: GGUF against the NSFW responder's merged model (same base, other LoRA) 0.70-0.80.
+#: The parity check's default tolerance per GGUF type (see ExportConfig.logit_tolerance). Measured (the table in
+#: the README's export section): f16 0.002-0.003, bf16 0.010-0.016, q8_0 0.03-0.10, q4_K_M 0.12-0.30; the SFW
+#: responder's GGUF against the NSFW responder's merged model (same base, other LoRA) 0.70-0.80.
 LOGIT_TOLERANCE = {"f16": 0.02, "bf16": 0.05, "q8_0": 0.2, "q6_K": 0.3, "q5_K_M": 0.4, "q4_K_M": 0.5}
 
 
