@@ -101,10 +101,12 @@ def lines_of(data: bytes) -> pl.Series:
 def headers(lines: pl.Series) -> pl.DataFrame:
     """Per line: the header's parts (null where the line is no header), the text after the header (``rest``) and
     the line without its leading marks."""
-    stripped = lines.str.strip_chars_start(MARKS)
-    parts = stripped.str.extract_groups(HEADER).struct.unnest().with_columns(stripped.alias("line"))
+    # The streaming engine runs the regex on every core, a slice of the lines each (eagerly it runs on one).
+    line = pl.col("line").str.strip_chars_start(MARKS)
+    parts = pl.LazyFrame({"line": lines}).select(line.str.extract_groups(HEADER).struct.unnest(), line)
     return parts.with_columns(pl.col("a").is_not_null().alias("is_header"),
-                              pl.col("line").str.slice(pl.col("head").str.len_chars().fill_null(0)).alias("rest"))
+                              pl.col("line").str.slice(pl.col("head").str.len_chars().fill_null(0)).alias("rest")) \
+        .collect(engine="streaming")
 
 
 def date_order(parts: pl.DataFrame, chosen: str) -> Order:
@@ -112,9 +114,9 @@ def date_order(parts: pl.DataFrame, chosen: str) -> Order:
     two, a part above 12 is the day; else the part that changes more often from one message to the next. A file
     whose dates fit no single order (a part above 12 in both places, years in both places, brackets and dashes
     mixed) is refused, naming two of its lines."""
-    heads = parts.with_row_index("row").filter("is_header").with_columns(
-        pl.col("a").cast(pl.Int32).alias("x"), pl.col("b").cast(pl.Int32).alias("y"),
-        pl.col("c").cast(pl.Int32).alias("z"))
+    heads = parts.lazy().select("is_header", "open", "a", "b", "c").with_row_index("row").filter("is_header")\
+        .with_columns(pl.col("a").cast(pl.Int32).alias("x"), pl.col("b").cast(pl.Int32).alias("y"),
+                      pl.col("c").cast(pl.Int32).alias("z")).collect(engine="streaming")
     _refuse_mixed(heads)
     if chosen != "auto":
         return Order(chosen, "the date_order option")
@@ -192,12 +194,12 @@ def messages(lines: pl.Series, parts: pl.DataFrame, order: str) -> pl.DataFrame:
     if lines.slice(0, first).str.strip_chars(MARKS + " \t").str.len_chars().sum():
         raise WhatsAppFormatError(1, "the text before the first message is not WhatsApp's (line 1 has no date and "
                                      "time)")
-    rows = parts.slice(first).with_columns(pl.col("is_header").cum_sum().alias("message"))
+    bracketed = bool(parts["open"].is_not_null().any())
+    rows = parts.lazy().slice(first).with_columns(pl.col("is_header").cum_sum().alias("message"))
     more = rows.filter(~pl.col("is_header")).group_by("message", maintain_order=True).agg(
         pl.col("line").str.join("\n").alias("more"))
     heads = rows.select("is_header", "message", "open", "a", "b", "c", "h", "mi", "s", "ap", "rest").filter("is_header")
     heads = heads.join(more, on="message", how="left", maintain_order="left")
-    bracketed = bool(heads["open"].is_not_null().any())
     heads = heads.with_columns(pl.col("rest").str.extract(AUTHOR, 1).alias("name"))
     name = pl.col("name")
     text = pl.when(name.is_not_null()).then(pl.col("rest").str.slice(name.str.len_chars() + 1).str.strip_prefix(" "))\
@@ -209,7 +211,7 @@ def messages(lines: pl.Series, parts: pl.DataFrame, order: str) -> pl.DataFrame:
         name.str.strip_chars(MARKS + " ~\u202f\u00a0").alias("author"),
         text.alias("text"),
         pl.lit(bracketed).alias("ios"),
-    )
+    ).collect(engine="streaming")
 
 
 def _digest(*parts: str) -> str:
@@ -229,7 +231,8 @@ def classify(frame: pl.DataFrame) -> pl.DataFrame:
     """Kinds, media, deletions, edits and system actions: what a message is, and its text as training text (a
     system line's own text stays in ``raw``, for the group's name). Only the texts :data:`SPECIAL` flags (and
     system lines) go through the checks; the others are plain messages."""
-    rows = frame.select((pl.col("author").is_null() | pl.col("text").str.contains(SPECIAL)).arg_true()).to_series()
+    flagged = frame.lazy().select(pl.col("author").is_null() | pl.col("text").str.contains(SPECIAL))
+    rows = flagged.collect(engine="streaming").to_series().arg_true()
     special = _classify_special(frame[rows])
     n = frame.height
     columns = {"kind": pl.repeat("message", n, dtype=pl.String, eager=True),
@@ -270,7 +273,8 @@ def _classify_special(frame: pl.DataFrame) -> pl.DataFrame:
     for name, words in reversed(SYSTEM_ACTIONS):
         action = pl.when(lowered.str.contains(words, literal=True)).then(pl.lit(name)).otherwise(action)
     caption = pl.col("text").str.split("\n").list.slice(1).list.join("\n")
-    return frame.with_columns(
+    # Lazily: the expressions' common parts (the first line, the media type) are computed once.
+    return frame.lazy().with_columns(
         pl.when(system | deleted).then(pl.lit("service")).otherwise(pl.lit("message")).alias("kind"),
         pl.when(deleted).then(pl.lit("delete_message")).when(system).then(action).alias("action"),
         pl.when(system | deleted).then(None).otherwise(media).alias("media_type"),
@@ -279,7 +283,7 @@ def _classify_special(frame: pl.DataFrame) -> pl.DataFrame:
         pl.when(edited & ~system).then(pl.col("date")).alias("edited"),
         pl.when(system).then(None).otherwise(pl.col("author")).alias("author"),
         pl.when(system).then(pl.col("text")).alias("raw"),
-    )
+    ).collect()
 
 
 def senders(frame: pl.DataFrame, chat: str) -> pl.DataFrame:
