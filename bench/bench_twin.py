@@ -3,12 +3,13 @@
     python bench/bench_twin.py [--variants pairs,context,context_names,conversations] [--avx2]
 
 Each variant runs ``cookiebaker demo`` (both labels: the same sample chats, the same schedule) into its own folder
-under bench/results/twin/, with one recipe of samples (``pairs.mode``, ``context_turns``, ``speakers``; one variant a steeper learning rate), and
-prints the eval measures of the served GGUFs (tuned, base, real) side by side: style_auc, context_hit, judge_hit,
-top5_share, echo, loops, stops, and the demo's seconds. ``--avx2`` runs the demo as on a CPU without AVX-512 or
-native bf16 (PyTorch's AVX2 kernels, oneDNN capped at AVX2, so training runs in fp32: the slowest CPU the demo's
-15-minute budget must hold on; llama.cpp keeps the instructions it was compiled for). Writes
-bench/results/twin.json; a variant already measured is read back (delete its folder to measure it again).
+under bench/results/twin/, with one recipe of samples (``pairs.mode``, ``context_turns``, ``speakers``; some
+variants another learning rate or three times the steps), and prints the eval measures of the served GGUFs (tuned,
+base, real) side by side: style_auc, context_hit, judge_hit, top5_share, echo, loops, stops, and the demo's seconds.
+``--avx2`` runs the demo as on a CPU without AVX-512 or native bf16 (PyTorch's AVX2 kernels, oneDNN capped at AVX2,
+so training runs in fp32: the slowest CPU the demo's 15-minute budget must hold on; llama.cpp keeps the instructions
+it was compiled for). Writes bench/results/twin.json; a variant already measured is read back (delete its folder to
+measure it again).
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ VARIANTS = {
     "conversations_names": {"mode": "conversations", "context_turns": 0, "speakers": "names"},
     # The same budget, a steeper schedule: does the default recipe learn more in the demo's 60 steps?
     "context_names_lr1e-3": {"mode": "pairs", "context_turns": 6, "speakers": "names", "learning_rate": 1e-3},
+    # Past the budget: three times the steps (about six passes), at the demo's rate and at a third of it. If these
+    # do not reach the targets, no schedule inside the budget does.
+    "context_names_180steps": {"mode": "pairs", "context_turns": 6, "speakers": "names", "max_steps": 180},
+    "context_names_180steps_lr2e-4": {"mode": "pairs", "context_turns": 6, "speakers": "names", "max_steps": 180,
+                                      "learning_rate": 2e-4},
 }
 MEASURES = ("loss", "context_hit", "judge_hit", "style_auc", "top5_share", "echo_rate", "loop_rate", "stop_rate",
             "mean_reply_words")

@@ -484,6 +484,16 @@ MALFORMED = {
                       "date_unixtime"),
     "id a float": (lambda m: m.replace('"id": 150,', '"id": 150.5,'), "$.messages[149].id"),
     "type an object": (lambda m: m.replace('"type": "message"', '"type": {}', 1), "type"),
+    # Texts the exact decoder refuses and DuckDB would read (a null reads like no text at all)
+    "text null": (lambda m: m.replace('"text": "m150"', '"text": null'), "$.messages[149].text"),
+    "text an object": (lambda m: m.replace('"text": "m150"', '"text": {"text": "a"}'), "$.messages[149].text"),
+    "text part null": (lambda m: m.replace('"text": "m150"', '"text": ["a", null]'), "text[1]"),
+    "text part a list": (lambda m: m.replace('"text": "m150"', '"text": ["a", ["b"]]'), "text[1]"),
+    "entity text null": (lambda m: m.replace('"text": "m150"', '"text": [{"type": "bold", "text": null}]'),
+                         "text[0].text"),
+    "entity text twice": (lambda m: m.replace('"text": "m150"', '"text": [{"type": "bold", "text": "a", "text": 5}]'),
+                          "text[0].text"),
+    "text a lone surrogate": (lambda m: m.replace('"text": "m150"', '"text": "\\ud800"'), "not valid JSON"),
 }
 
 
