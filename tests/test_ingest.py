@@ -484,7 +484,7 @@ MALFORMED = {
                       "date_unixtime"),
     "id a float": (lambda m: m.replace('"id": 150,', '"id": 150.5,'), "$.messages[149].id"),
     "type an object": (lambda m: m.replace('"type": "message"', '"type": {}', 1), "type"),
-    # Texts the exact decoder refuses and DuckDB would read (a null reads like no text at all)
+    # Texts the exact decoder refuses and DuckDB alone would read (to it a null text is no text at all)
     "text null": (lambda m: m.replace('"text": "m150"', '"text": null'), "$.messages[149].text"),
     "text an object": (lambda m: m.replace('"text": "m150"', '"text": {"text": "a"}'), "$.messages[149].text"),
     "text part null": (lambda m: m.replace('"text": "m150"', '"text": ["a", null]'), "text[1]"),
