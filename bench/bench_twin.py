@@ -36,6 +36,11 @@ VARIANTS = {
     "conversations_names": {"mode": "conversations", "context_turns": 0, "speakers": "names"},
     # The same budget, a steeper schedule: does the default recipe learn more in the demo's 60 steps?
     "context_names_lr1e-3": {"mode": "pairs", "context_turns": 6, "speakers": "names", "learning_rate": 1e-3},
+    # The same budget spent on twice the updates: half the batch, twice the steps (the same samples seen).
+    "context_names_batch4_120steps": {"mode": "pairs", "context_turns": 6, "speakers": "names", "batch_size": 4,
+                                      "max_steps": 120},
+    # The same budget spent on more passes: half the context, half again as many steps.
+    "context3_names_90steps": {"mode": "pairs", "context_turns": 3, "speakers": "names", "max_steps": 90},
     # Past the budget: three times the steps (about six passes), at the demo's rate and at a third of it: how far
     # more training moves the targets, which the demo's 15 minutes cannot show.
     "context_names_180steps": {"mode": "pairs", "context_turns": 6, "speakers": "names", "max_steps": 180},

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import errno
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -169,6 +171,7 @@ def bulk_calls(monkeypatch) -> list[str]:
     monkeypatch.setattr(bulk, "read_messages", recording)
     monkeypatch.setattr(bulk, "BULK_MIN_BYTES", 0)
     monkeypatch.setattr(bulk, "MIN_SPAN_BYTES", 2_000)
+    monkeypatch.setattr(bulk, "CHECK_BYTES", 500)  # the check cuts the spans into pieces of a few messages
     return calls
 
 
@@ -196,9 +199,40 @@ def test_bulk_reader_equals_the_exact_decoder_on_synthetic_exports(synth_tool: P
     assert frame.filter(pl.col("kind") == "message")["forwarded"].sum() == truth["forwarded"]
 
 
+@pytest.mark.parametrize("unsupported", [["copy_file_range"], ["copy_file_range", "sendfile"]])
+def test_bulk_reader_copies_spans_across_file_systems(tmp_path: Path, bulk_calls: list[str], monkeypatch,
+                                                      unsupported: list[str]) -> None:
+    """A scratch folder on another file system than the export (a tmpfs /tmp) refuses copy_file_range (EXDEV)."""
+    path = write_chat(tmp_path / "c.json", [msg(i, f"hello {i}") for i in range(1, 400)])
+    used: list[str] = []
+
+    def cross_device(name: str):  # noqa: ANN202
+        def refuse(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            used.append(name)
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return refuse
+
+    for name in unsupported:
+        monkeypatch.setattr(os, name, cross_device(name))
+    frame = read_export(path)
+    assert bulk_calls == ["read"] and set(used) == set(unsupported)
+    assert frame.equals(_exact(path, monkeypatch)) and frame.height == 399
+
+
+def test_a_message_over_duckdbs_limit_sends_the_chat_to_the_exact_decoder(tmp_path: Path, bulk_calls: list[str],
+                                                                           monkeypatch) -> None:
+    long_text = "long " * (2 * bulk.LARGEST_MESSAGE_BYTES // 5 + 1)  # DuckDB reads up to twice its limit
+    messages = [msg(i, f"hello {i}") for i in range(1, 400)]
+    messages[200]["text"] = long_text
+    path = write_chat(tmp_path / "long.json", messages)
+    frame = read_export(path)
+    assert len(bulk_calls) == 1 and "maximum_object_size" in bulk_calls[0], bulk_calls
+    assert frame.equals(_exact(path, monkeypatch)) and frame["text"][200] == long_text
+
+
 def test_bulk_reader_sees_forwards_from_deleted_accounts(tmp_path: Path, bulk_calls: list[str],
                                                          monkeypatch) -> None:
-    """DuckDB reads a key written as null like a missing key; the byte scan restores the difference."""
+    """DuckDB reads a key written as null like a missing key; the exact decoder's check restores the difference."""
     messages = [msg(i, f"hello {i}") for i in range(1, 400)]
     messages[10]["forwarded_from"] = None
     messages[20]["saved_from"] = None
@@ -494,6 +528,9 @@ MALFORMED = {
     "entity text twice": (lambda m: m.replace('"text": "m150"', '"text": [{"type": "bold", "text": "a", "text": 5}]'),
                           "text[0].text"),
     "text a lone surrogate": (lambda m: m.replace('"text": "m150"', '"text": "\\ud800"'), "not valid JSON"),
+    # Separators, where the sliced readers cut the array
+    "comma doubled": (lambda m: m.replace("\n  },", "\n  },,"), "not valid JSON"),
+    "comma missing": (lambda m: m.replace("\n  },", "\n  }"), "not valid JSON"),
 }
 
 
@@ -523,10 +560,27 @@ def test_both_readers_refuse_malformed_messages_naming_the_file_and_place(tmp_pa
     with monkeypatch.context() as patch:
         patch.setattr(bulk, "BULK_MIN_BYTES", 1 << 40)
         exact = _verdict(path)
+        patch.setattr(telegram, "SLICE_BYTES", 100)  # a slice per message
+        sliced = _verdict(path)
     through_bulk = _verdict(path)
-    assert bulk_calls and bulk_calls[0].startswith("refused"), bulk_calls  # DuckDB alone would have read it
-    assert exact == through_bulk
+    assert len(bulk_calls) == 1 and bulk_calls[0].startswith("refused"), bulk_calls  # DuckDB alone would read it
+    assert exact == through_bulk == sliced
     assert exact.startswith("refused") and str(path) in exact and expected in exact and "\n" not in exact, exact
+
+
+def test_a_comma_after_the_last_message_is_refused_by_every_reader(tmp_path: Path, bulk_calls: list[str],
+                                                                  monkeypatch) -> None:
+    path = _export_with(tmp_path, lambda m: m)
+    text = path.read_text()
+    assert text.count("\n  }\n ]") == 1
+    path.write_text(text.replace("\n  }\n ]", "\n  },\n ]"))
+    with monkeypatch.context() as patch:
+        patch.setattr(bulk, "BULK_MIN_BYTES", 1 << 40)
+        exact = _verdict(path)
+        patch.setattr(telegram, "SLICE_BYTES", 100)
+        sliced = _verdict(path)
+    assert exact == sliced == _verdict(path)
+    assert exact.startswith("refused") and "not valid JSON" in exact, exact
 
 
 def test_chat_id_over_64_bits_is_refused_by_both_readers(tmp_path: Path, monkeypatch) -> None:

@@ -55,9 +55,9 @@ def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
-def write_parquet(frame: pl.DataFrame, target: str | os.PathLike[str]) -> None:
+def write_parquet(frame: pl.DataFrame, target: str | os.PathLike[str], compression: str = "lz4") -> None:
     with atomic_path(target) as tmp:
-        frame.write_parquet(tmp, compression="lz4", statistics=True)
+        frame.write_parquet(tmp, compression=compression, statistics=True)
 
 
 def write_json(data: Any, target: str | os.PathLike[str]) -> None:

@@ -194,7 +194,9 @@ def run(config: IngestConfig) -> IngestReport:
     frame, duplicates = deduplicate(frame)
     if duplicates:
         log.info("dropped %d duplicate rows (same chat and message id seen in more than one place)", duplicates)
-    write_parquet(frame, config.output)
+    # Uncompressed: the table is read once, by pairs, on the same machine. lz4 made ingest + pairs of a million
+    # messages 0.1 s slower (of 3.4 s) to save 30 of 65 MB.
+    write_parquet(frame, config.output, compression="uncompressed")
     by_kind = dict.fromkeys(KINDS, 0)
     for kind, count in frame.group_by("kind").len().iter_rows():
         by_kind[kind] = count

@@ -77,7 +77,8 @@ def _decoded_slices(path: Path, raw: Raw, buffer: bytes) -> list[tuple[pl.DataFr
     try:
         if len(spans) == 1:
             return [_slice_frame(view)]
-        return [_slice_frame(slice_json(view[begin:end])) for begin, end in spans]
+        return [_slice_frame(slice_json(view[begin:end], last=index == len(spans) - 1))
+                for index, (begin, end) in enumerate(spans)]
     except SliceMismatch:
         return [messages_frame(decode_messages(str(path), raw, _buffer_offset(buffer, memoryview(raw))))]
 
@@ -102,6 +103,7 @@ def _bulk_frame(path: Path, chat: Chat, source: bulk.Source, begin: int, end: in
 def read_export(path: str | Path) -> pl.DataFrame:
     """Read one export file (single chat or full account) into the messages table."""
     path = Path(path)
+    bulk_refused = False  # the bulk reader refused the file's one chat: it is not asked again
     try:
         size = path.stat().st_size
         if size and size >= bulk.BULK_MIN_BYTES:
@@ -112,6 +114,7 @@ def read_export(path: str | Path) -> pl.DataFrame:
                     frame = _bulk_frame(path, chat, source, begin, end)
                     if frame is not None:
                         return frame
+                    bulk_refused = True
         data = path.read_bytes()
     except OSError as exc:
         raise InputFileError(path, f"cannot read the file: {exc.strerror or exc}") from None
@@ -119,7 +122,7 @@ def read_export(path: str | Path) -> pl.DataFrame:
     frames = []
     for chat in chats:
         frame = None
-        if len(chat.messages) >= bulk.BULK_MIN_BYTES:
+        if not bulk_refused and len(chat.messages) >= bulk.BULK_MIN_BYTES:
             begin = _buffer_offset(buffer, memoryview(chat.messages))
             frame = _bulk_frame(path, chat, bulk.Source(buffer), begin, begin + len(chat.messages))
         if frame is None:

@@ -175,8 +175,11 @@ def _unusable(unix: pl.Series) -> bool:
 
 def _utc(unix: pl.Expr, local: pl.Expr) -> pl.Expr:
     """UTC timestamps from unixtime strings, falling back to the export's local-time strings (read as UTC)."""
-    from_unix = pl.from_epoch(_unix_seconds(unix), time_unit="s").dt.replace_time_zone("UTC")
-    from_local = local.str.to_datetime(LOCAL_DATE_FORMAT, strict=False, time_zone="UTC")
+    seconds = _unix_seconds(unix)
+    from_unix = pl.from_epoch(seconds, time_unit="s").dt.replace_time_zone("UTC")
+    # Only the rows without a readable unixtime are parsed (every export since tdesktop 3.7.6, 2022, has one).
+    from_local = pl.when(seconds.is_null()).then(local).str.to_datetime(LOCAL_DATE_FORMAT, strict=False,
+                                                                          time_zone="UTC")
     return pl.coalesce(from_unix.cast(UTC_TIME), from_local.cast(UTC_TIME))
 
 

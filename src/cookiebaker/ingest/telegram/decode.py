@@ -88,6 +88,7 @@ class ExportRoot(msgspec.Struct, gc=False):
 _DECODER = msgspec.json.Decoder(ExportRoot)
 _MESSAGES_DECODER = msgspec.json.Decoder(list[Message])
 _ARRAY_START = re.compile(rb"\[([ \t\r\n]*)\{")
+_JSON_WHITESPACE = frozenset(b" \t\r\n")
 # Telegram Desktop writes control bytes as \xHH, which is not JSON. Pairs are matched left to right so
 # that an escaped backslash followed by "x" (\\x41, a literal backslash in the text) is left alone.
 _BAD_ESCAPE = re.compile(rb"\\\\|\\x([0-9A-Fa-f]{2})")
@@ -221,9 +222,22 @@ def message_spans(messages: Raw, chunk_bytes: int = 16 * 1024 * 1024) -> list[tu
     return list(zip(bounds, bounds[1:]))
 
 
-def slice_json(raw: bytes | memoryview) -> bytes:
-    """The bytes of a span of array elements as a JSON array of its own."""
-    return b"[" + bytes(raw).rstrip().rstrip(b",") + b"]"
+def slice_json(raw: bytes | memoryview, last: bool) -> bytes:
+    """The bytes of a span of array elements as a JSON array of its own.
+
+    Every span but the ``last`` ends with the one comma that separates it from the next, and only that comma is
+    taken off: a span that lacks it raises :class:`SliceMismatch`, and a doubled or trailing comma stays for the
+    decoder to refuse, as it refuses it in the whole array.
+    """
+    view = memoryview(raw)
+    stop = len(view)
+    while stop and view[stop - 1] in _JSON_WHITESPACE:
+        stop -= 1
+    if not last:
+        if not stop or view[stop - 1] != ord(","):
+            raise SliceMismatch
+        stop -= 1
+    return b"".join((b"[", view[:stop], b"]"))  # one copy
 
 
 def decode_slice(piece: bytes | memoryview) -> list[Message]:
