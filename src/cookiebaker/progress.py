@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 class SilentProgress:
     """What :func:`progress_bar` gives when progress is turned off: the same calls, nothing shown, rich not loaded."""
 
-    def __enter__(self) -> SilentProgress:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
