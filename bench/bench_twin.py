@@ -4,8 +4,9 @@
 
 Each variant runs ``cookiebaker demo`` (both labels: the same sample chats, the same schedule) into its own folder
 under bench/results/twin/, with one recipe of samples (``pairs.mode``, ``context_turns``, ``speakers``; some
-variants another learning rate or three times the steps), and prints the eval measures of the served GGUFs (tuned,
-base, real) side by side: style_auc, context_hit, judge_hit, top5_share, echo, loops, stops, and the demo's seconds.
+variants another learning rate, batch or number of steps), and prints the eval measures of the served GGUFs
+(tuned, base, real) side by side: style_auc, context_hit, judge_hit, top5_share, echo, loops, stops, and the demo's
+seconds.
 ``--avx2`` runs the demo as on a CPU without AVX-512 or native bf16 (PyTorch's AVX2 kernels, oneDNN capped at AVX2,
 so training runs in fp32: the slowest CPU the demo's 15-minute budget must hold on; llama.cpp keeps the instructions
 it was compiled for). Writes bench/results/twin.json; a variant already measured is read back (delete its folder to

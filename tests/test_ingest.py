@@ -552,17 +552,23 @@ def _verdict(path: Path) -> str:
     return f"read {frame.height} rows"
 
 
+def _three_verdicts(path: Path, monkeypatch) -> tuple[str, str, str]:
+    """The verdicts of the exact decoder on the whole array, of the msgspec slice reader (a slice per message) and
+    of whatever the bulk reader hands the file to (the bulk reader itself only when some fixture lets it in)."""
+    with monkeypatch.context() as patch:
+        patch.setattr(bulk, "BULK_MIN_BYTES", 1 << 40)
+        exact = _verdict(path)
+        patch.setattr(telegram, "SLICE_BYTES", 100)
+        sliced = _verdict(path)
+    return exact, sliced, _verdict(path)
+
+
 @pytest.mark.parametrize("case", list(MALFORMED))
 def test_both_readers_refuse_malformed_messages_naming_the_file_and_place(tmp_path: Path, case: str,
                                                                          bulk_calls: list[str], monkeypatch) -> None:
     change, expected = MALFORMED[case]
     path = _export_with(tmp_path, change)
-    with monkeypatch.context() as patch:
-        patch.setattr(bulk, "BULK_MIN_BYTES", 1 << 40)
-        exact = _verdict(path)
-        patch.setattr(telegram, "SLICE_BYTES", 100)  # a slice per message
-        sliced = _verdict(path)
-    through_bulk = _verdict(path)
+    exact, sliced, through_bulk = _three_verdicts(path, monkeypatch)
     assert len(bulk_calls) == 1 and bulk_calls[0].startswith("refused"), bulk_calls  # DuckDB alone would read it
     assert exact == through_bulk == sliced
     assert exact.startswith("refused") and str(path) in exact and expected in exact and "\n" not in exact, exact
@@ -574,12 +580,8 @@ def test_a_comma_after_the_last_message_is_refused_by_every_reader(tmp_path: Pat
     text = path.read_text()
     assert text.count("\n  }\n ]") == 1
     path.write_text(text.replace("\n  }\n ]", "\n  },\n ]"))
-    with monkeypatch.context() as patch:
-        patch.setattr(bulk, "BULK_MIN_BYTES", 1 << 40)
-        exact = _verdict(path)
-        patch.setattr(telegram, "SLICE_BYTES", 100)
-        sliced = _verdict(path)
-    assert exact == sliced == _verdict(path)
+    exact, sliced, through_bulk = _three_verdicts(path, monkeypatch)
+    assert exact == sliced == through_bulk
     assert exact.startswith("refused") and "not valid JSON" in exact, exact
 
 
